@@ -1,0 +1,93 @@
+"""vllm-gcp: a private, OpenAI-compatible LLM endpoint on Google Cloud for Elastic's AI features.
+
+Config in, components built, outputs exported (the outputs contract in DESIGN.md).
+"""
+
+import pulumi
+
+from components import config
+from components.elastic import ElasticIntegration, ElasticIntegrationArgs
+from components.host import GpuHost, GpuHostArgs
+from components.network import Network, NetworkArgs
+from components.remote_access import connection
+from components.tls_proxy import TlsProxy, TlsProxyArgs
+from components.vllm_server import VllmServer, VllmServerArgs
+
+stack = config.load()
+
+network = Network(
+    "vllm",
+    NetworkArgs(
+        network=stack.network,
+        access=stack.access,
+        tls_mode=stack.tls.mode,
+        region=stack.region,
+    ),
+)
+host = GpuHost(
+    "vllm",
+    GpuHostArgs(
+        host=stack.host,
+        zone=stack.zone,
+        labels=stack.labels,
+        subnetwork=network.subnetwork,
+        internal_address=network.internal_address,
+        external_address=network.external_address,
+        network_tag=network.host_tag,
+    ),
+)
+ssh = connection(
+    host.ssh_address, stack.host.ssh_user, host.ssh_private_key, stack.network.ssh_jump_host
+)
+server = VllmServer(
+    "vllm",
+    VllmServerArgs(
+        model=stack.model,
+        tensor_parallel_size=stack.tensor_parallel_size,
+        connection=ssh,
+        instance_id=host.instance_id,
+        hugging_face_token=stack.secrets.hugging_face_token,
+    ),
+)
+proxy = TlsProxy(
+    "vllm",
+    TlsProxyArgs(
+        tls=stack.tls,
+        access=stack.access,
+        connection=ssh,
+        instance_id=host.instance_id,
+        host_ready=server.host_ready,
+        api_key=server.api_key,
+        address=host.endpoint_address,
+        provided_certificate=stack.secrets.tls_certificate,
+        provided_private_key=stack.secrets.tls_private_key,
+    ),
+)
+elastic = ElasticIntegration(
+    "vllm",
+    ElasticIntegrationArgs(
+        elastic=stack.elastic,
+        kibana_api_key=stack.secrets.kibana_api_key,
+        stack=stack.stack,
+        endpoint_host=proxy.endpoint_host,
+        api_key=server.api_key,
+        served_model_name=stack.model.served_model_name,
+        tool_calling=stack.model.effective_tool_call_parser is not None,
+        ca_certificate=proxy.ca_certificate,
+        endpoint_ready=[server.serving, proxy.site],
+    ),
+)
+
+pulumi.export("endpoint", elastic.endpoint)
+pulumi.export("connectorUrl", elastic.connector_url)
+pulumi.export("apiKey", server.api_key)
+pulumi.export("model", stack.model.served_model_name)
+pulumi.export("caCertificate", proxy.ca_certificate)
+pulumi.export("kibanaConnector", elastic.connector_body)
+pulumi.export("kibanaSettings", elastic.kibana_settings)
+pulumi.export("publicIp", host.public_ip)
+pulumi.export("privateIp", host.private_ip)
+pulumi.export("instanceName", host.instance_name)
+pulumi.export("zone", stack.zone)
+pulumi.export("sshUser", stack.host.ssh_user)
+pulumi.export("sshPrivateKey", host.ssh_private_key)

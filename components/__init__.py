@@ -1,0 +1,1 @@
+"""The components of the vllm-gcp stack, one ComponentResource per concern."""

@@ -1,0 +1,18 @@
+"""Paths on the GPU host shared by the startup script, the remote steps and the tests.
+
+The startup script's contract with the remote steps: it writes READY_MARKER only when
+`nvidia-smi` sees every GPU and Docker runs a `--gpus all` container; it logs to STARTUP_LOG
+(and the journal, and the serial console); on failure it writes STARTUP_FAILED_MARKER with the
+reason and no READY_MARKER.
+"""
+
+STATE_DIR = "/var/lib/vllm-gcp"
+READY_MARKER = f"{STATE_DIR}/host-ready"
+STARTUP_FAILED_MARKER = f"{STATE_DIR}/startup-failed"
+STARTUP_LOG = "/var/log/vllm-gcp-startup.log"
+# Model weights and vLLM's compile cache; the local SSD is mounted here where the machine has one.
+CACHE_DIR = "/var/lib/vllm-cache"
+CONFIG_DIR = "/etc/vllm-gcp"  # root-only: secrets env file, vLLM settings
+SECRETS_ENV_FILE = f"{CONFIG_DIR}/secrets.env"
+TLS_DIR = "/etc/vllm-gcp/tls"  # root-only: certificate and key for Nginx
+VLLM_LOOPBACK_PORT = 8000
