@@ -212,7 +212,7 @@ L4 = GpuModel(
 
 
 def _machines() -> dict[str, MachineSpec]:
-    """Machine types with the GPUs they attach by type (compute/docs/gpus, accelerator-optimized)."""
+    """Machine types and the GPUs they attach by type (compute/docs/gpus)."""
     specs: list[MachineSpec] = []
     for count in (1, 2, 4, 8):
         specs.append(MachineSpec(f"a2-highgpu-{count}g", A100_40GB, count, 0))

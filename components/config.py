@@ -48,7 +48,9 @@ Cidr = Annotated[str, AfterValidator(_cidr)]
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
+_IMAGE_REF = re.compile(
+    r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$"
+)
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _GCS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
 _ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
@@ -98,9 +100,9 @@ class HostConfig(_Section):
 
 
 class ModelConfig(_Section):
-    id: Annotated[str, AfterValidator(_pattern(_MODEL_ID, "mistralai/Mistral-Small-3.2-24B-Instruct-2506"))] = (  # noqa: E501
-        "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
-    )
+    id: Annotated[
+        str, AfterValidator(_pattern(_MODEL_ID, "mistralai/Mistral-Small-3.2-24B-Instruct-2506"))
+    ] = "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
     served_name: str | None = Field(default=None, min_length=1)
     revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./-]{1,255}$")
     image: Annotated[str, AfterValidator(_pattern(_IMAGE_REF, catalogue.DEFAULT_VLLM_IMAGE))] = (
@@ -112,7 +114,9 @@ class ModelConfig(_Section):
     max_model_len: int | None = Field(default=None, ge=256)
     extra_args: list[str] = Field(default_factory=list)
     source: Literal["huggingface", "gcs"] = "huggingface"
-    gcs_uri: Annotated[str, AfterValidator(_pattern(_GCS_URI, "gs://my-bucket/models/mistral"))] | None = None  # noqa: E501
+    gcs_uri: (
+        Annotated[str, AfterValidator(_pattern(_GCS_URI, "gs://my-bucket/models/mistral"))] | None
+    ) = None
 
     @property
     def family(self) -> catalogue.ModelFamily | None:
@@ -151,7 +155,9 @@ class NetworkConfig(_Section):
     vpc: str | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9/]*[a-z0-9])?$")
     subnet: str | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9/]*[a-z0-9])?$")
     subnet_cidr: Cidr = "10.42.0.0/24"
-    ssh_jump_host: Annotated[str, AfterValidator(_pattern(_JUMP_HOST, "admin@bastion.internal"))] | None = None  # noqa: E501
+    ssh_jump_host: (
+        Annotated[str, AfterValidator(_pattern(_JUMP_HOST, "admin@bastion.internal"))] | None
+    ) = None
 
     @property
     def private(self) -> bool:
@@ -170,7 +176,14 @@ class TlsConfig(_Section):
 
 
 class ElasticConfig(_Section):
-    kibana_url: Annotated[str, AfterValidator(_pattern(re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "https://my-deployment.kb.example.com"))]  # noqa: E501
+    kibana_url: Annotated[
+        str,
+        AfterValidator(
+            _pattern(
+                re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "https://my-deployment.kb.example.com"
+            )
+        ),
+    ]
     space: Annotated[str, AfterValidator(_pattern(_SPACE_ID, "default"))] = "default"
     connector_name: str | None = Field(default=None, min_length=1, max_length=200)
     verify: bool = True
@@ -300,13 +313,13 @@ def _describe(error: Mapping[str, Any], model: type[_Section]) -> str:
     return f"{error['msg']} (got {error['input']!r})"
 
 
-def _parse_section(
-    name: str, raw: object, problems: list[Problem]
-) -> _Section | None:
+def _parse_section(name: str, raw: object, problems: list[Problem]) -> _Section | None:
     model = SECTIONS[name]
     if not isinstance(raw, dict):
         problems.append(
-            Problem(f"{PROJECT}:{name}", f"must be an object with keys {', '.join(_aliases(model))}")
+            Problem(
+                f"{PROJECT}:{name}", f"must be an object with keys {', '.join(_aliases(model))}"
+            )
         )
         return None
     try:
@@ -357,9 +370,7 @@ def _check_machine(host: HostConfig, zone: str | None, problems: list[Problem]) 
         )
 
 
-def _check_model(
-    model: ModelConfig, host: HostConfig | None, problems: list[Problem]
-) -> None:
+def _check_model(model: ModelConfig, host: HostConfig | None, problems: list[Problem]) -> None:
     key = f"{PROJECT}:model"
     parser = model.tool_call_parser
     if parser is not None and parser != "none" and parser not in catalogue.TOOL_CALL_PARSERS:
@@ -510,9 +521,7 @@ def _check_exposure(
             )
 
 
-def _check_tls(
-    tls: TlsConfig, secrets: Mapping[str, str | None], problems: list[Problem]
-) -> None:
+def _check_tls(tls: TlsConfig, secrets: Mapping[str, str | None], problems: list[Problem]) -> None:
     key = f"{PROJECT}:tls"
     if tls.mode == "letsencrypt":
         if tls.domain is None:
@@ -529,7 +538,9 @@ def _check_tls(
                 )
         return
     if tls.domain is None:
-        problems.append(Problem(f"{key}.domain", "required for provided: the name the certificate covers"))
+        problems.append(
+            Problem(f"{key}.domain", "required for provided: the name the certificate covers")
+        )
     certificate_pem = secrets.get("tlsCertificate")
     key_pem = secrets.get("tlsPrivateKey")
     for name, value in (("tlsCertificate", certificate_pem), ("tlsPrivateKey", key_pem)):
@@ -565,9 +576,12 @@ def check_provided_certificate(
     public = certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    if private_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != public:
+    if (
+        private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        != public
+    ):
         found.append("does not match tlsPrivateKey")
     moment = now or datetime.now(UTC)
     if certificate.not_valid_after_utc <= moment:
@@ -582,8 +596,8 @@ def _certificate_names(certificate: x509.Certificate, domain: str) -> bool:
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return False
-    for name in names.value.get_values_for_type(x509.DNSName):
-        name = name.lower()
+    for dns_name in names.value.get_values_for_type(x509.DNSName):
+        name = dns_name.lower()
         if name == domain or (
             name.startswith("*.") and domain.split(".", 1)[-1] == name[2:] and "." in domain
         ):

@@ -1,0 +1,222 @@
+"""Runs the real `__main__.py` offline, under the engine's mocks, and records what it would manage.
+
+Nothing here talks to GCP or the Pulumi CLI: `pulumi.runtime.set_mocks` stands in for the engine,
+and the mocks return, for each resource type the program reads outputs of, values of the shape
+the provider would return. Used by the tests and by the offline plan (`python -m scripts.plan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import runpy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pulumi
+from pulumi.runtime import rpc
+
+ROOT = Path(__file__).resolve().parents[1]
+MOCK_PUBLIC_IP = "203.0.113.10"
+MOCK_PRIVATE_IP = "10.42.0.10"
+MOCK_API_KEY = "mock-api-key-0123456789abcdefghijklmnopqrstuv"
+MOCK_HF_TOKEN = "hf_mocktoken0123456789"  # noqa: S105 (a stand-in, not a credential)
+MOCK_KIBANA_KEY = "mock-kibana-api-key-VGhpcyBpcyBhIHRlc3Q="
+MOCK_SSH_PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nmock-ssh-key\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+MOCK_TLS_KEY = "-----BEGIN PRIVATE KEY-----\nmock-tls-key\n-----END PRIVATE KEY-----\n"
+
+_SECRET_SIG = rpc._special_secret_sig  # pyright: ignore[reportPrivateUsage]
+_SIG_KEY = rpc._special_sig_key  # pyright: ignore[reportPrivateUsage]
+
+
+def is_secret_value(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(_SIG_KEY) == _SECRET_SIG
+
+
+def unwrap(value: Any) -> Any:
+    """The plain value with secret markers removed."""
+    if is_secret_value(value):
+        return unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def plain_strings(value: Any) -> Iterator[str]:
+    """Every string reachable without passing through a secret marker."""
+    if is_secret_value(value):
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from plain_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from plain_strings(v)
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    inputs: dict[str, Any]  # camelCase, secrets still wrapped
+    outputs: dict[str, Any]
+
+    @property
+    def plain(self) -> dict[str, Any]:
+        return unwrap(self.inputs)
+
+
+def _fake_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the provider adds to a resource's inputs, for the outputs the program reads."""
+    fakes: dict[str, Any] = {}
+    if typ == "gcp:compute/address:Address":
+        internal = inputs.get("addressType") == "INTERNAL"
+        fakes["address"] = MOCK_PRIVATE_IP if internal else MOCK_PUBLIC_IP
+        fakes["selfLink"] = f"https://compute/regions/r/addresses/{name}"
+    elif typ == "gcp:compute/instance:Instance":
+        interfaces = inputs.get("networkInterfaces") or [{}]
+        first = dict(interfaces[0])
+        first.setdefault("networkIp", MOCK_PRIVATE_IP)
+        if first.get("accessConfigs"):
+            first["accessConfigs"] = [
+                {**ac, "natIp": ac.get("natIp") or MOCK_PUBLIC_IP} for ac in first["accessConfigs"]
+            ]
+        fakes["networkInterfaces"] = [first, *interfaces[1:]]
+        fakes["instanceId"] = "1234567890"
+        fakes["selfLink"] = f"https://compute/zones/z/instances/{inputs.get('name', name)}"
+    elif typ in ("gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork"):
+        fakes["selfLink"] = f"https://compute/{typ.rsplit(':', 1)[-1].lower()}s/{name}"
+        fakes["id"] = f"projects/test-project/{name}"
+    elif typ == "gcp:serviceaccount/account:Account":
+        account = inputs.get("accountId", name)
+        fakes["email"] = f"{account}@test-project.iam.gserviceaccount.com"
+        fakes["member"] = f"serviceAccount:{fakes['email']}"
+    elif typ == "random:index/randomPassword:RandomPassword":
+        fakes["result"] = MOCK_API_KEY
+    elif typ == "tls:index/privateKey:PrivateKey":
+        fakes["privateKeyPem"] = MOCK_TLS_KEY
+        fakes["privateKeyOpenssh"] = MOCK_SSH_PRIVATE_KEY
+        fakes["publicKeyOpenssh"] = f"ssh-ed25519 AAAAmock{name}\n"
+        fakes["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\nmock\n-----END PUBLIC KEY-----\n"
+    elif typ in (
+        "tls:index/selfSignedCert:SelfSignedCert",
+        "tls:index/locallySignedCert:LocallySignedCert",
+    ):
+        fakes["certPem"] = f"-----BEGIN CERTIFICATE-----\nmock-{name}\n-----END CERTIFICATE-----\n"
+    elif typ == "tls:index/certRequest:CertRequest":
+        fakes["certRequestPem"] = (
+            "-----BEGIN CERTIFICATE REQUEST-----\nmock\n-----END CERTIFICATE REQUEST-----\n"
+        )
+    elif typ == "gcp:artifactregistry/repository:Repository":
+        fakes["name"] = inputs.get("repositoryId", name)
+    elif typ.startswith("command:"):
+        fakes["stdout"] = ""
+        fakes["stderr"] = ""
+    return fakes
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Records every registration; refuses a duplicate type and name, as the engine would."""
+
+    def __init__(self) -> None:
+        self.resources: list[Registered] = []
+
+    def new_resource(
+        self, args: pulumi.runtime.MockResourceArgs
+    ) -> tuple[str | None, dict[str, Any]]:
+        if any(r.type == args.typ and r.name == args.name for r in self.resources):
+            raise ValueError(f"duplicate resource {args.typ} {args.name}")
+        outputs = {**args.inputs, **_fake_outputs(args.typ, args.name, args.inputs)}
+        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), outputs))
+        return f"{args.name}-id", outputs
+
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class Plan:
+    """What one run of the program registered and exported."""
+
+    resources: list[Registered]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str) -> Registered:
+        found = self.of_type(typ)
+        assert len(found) == 1, f"expected one {typ}, found {[r.name for r in found]}"
+        return found[0]
+
+    def named(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name}, found {len(found)}"
+        return found[0]
+
+
+def run_program(
+    config: Mapping[str, Any],
+    *,
+    stack: str = "dev",
+    secrets: Mapping[str, str] | None = None,
+    preview: bool = False,
+) -> Plan:
+    """Run __main__.py with this configuration; secrets are set as secret config values."""
+    mocks = RecordingMocks()
+    collector = _Collect()
+    logger = logging.getLogger(f"vllm-gcp-test-{id(mocks)}")
+    logger.addHandler(collector)
+    logger.propagate = False
+    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack=stack, preview=preview, logger=logger)
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    secret_keys = [f"vllm-gcp:{k}" for k in (secrets or {})]
+    values.update({f"vllm-gcp:{k}": v for k, v in (secrets or {}).items()})
+    pulumi.runtime.set_all_config(values, secret_keys)
+    exported: dict[str, Any] = {}
+    plan = Plan(resources=mocks.resources)
+
+    async def collect() -> None:
+        for key, value in exported.items():
+            output = pulumi.Output.from_input(value)
+            plan.outputs[key] = await output.future()
+            if await output.is_secret():
+                plan.secret_outputs.add(key)
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[None]:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    try:
+        with mock.patch.object(pulumi, "export", exported.__setitem__):
+            program()
+    finally:
+        plan.warnings = [r.getMessage() for r in collector.records if r.levelno == logging.WARNING]
+        mocks.resources[:] = [r for r in mocks.resources if r.type != "pulumi:pulumi:Stack"]
+        pulumi.runtime.set_all_config({})
+    return plan
