@@ -307,6 +307,9 @@ KNOWN_MODEL_PARAMS_B: dict[str, float] = {
     "Qwen/Qwen2.5-72B-Instruct": 72.7,
 }
 BYTES_PER_PARAM_BF16 = 2.0
+# The weights may fill at most this share of the memory vLLM may use: the rest holds the KV cache,
+# without which a model that "fits" serves no useful context.
+MAX_WEIGHTS_SHARE = 0.9
 
 
 def family_of(model_id: str) -> ModelFamily | None:

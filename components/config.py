@@ -60,6 +60,14 @@ _JUMP_HOST = re.compile(r"^[a-z_][a-z0-9_-]{0,31}@[A-Za-z0-9.-]+(:\d{1,5})?$")
 _RESERVED_VLLM_FLAGS = ("--host", "--port", "--api-key", "--uds")
 
 
+def _ssh_user(value: str) -> str:
+    if not _LINUX_USER.match(value):
+        raise ValueError(f"{value!r} is not a Linux user name such as vllm")
+    if value == "root":
+        raise ValueError("root cannot log in over SSH on GCE images; use a user such as vllm")
+    return value
+
+
 def _hostname(value: str) -> str:
     lowered = value.lower().rstrip(".")
     if not _HOSTNAME.match(lowered):
@@ -91,7 +99,7 @@ class HostConfig(_Section):
     boot_disk_gb: int = Field(default=500, ge=50, le=65536)
     provisioning: Literal["standard", "spot"] = "standard"
     image: str = catalogue.DEFAULT_HOST_IMAGE
-    ssh_user: Annotated[str, AfterValidator(_pattern(_LINUX_USER, "vllm"))] = "vllm"
+    ssh_user: Annotated[str, AfterValidator(_ssh_user)] = "vllm"
     skip_zone_check: bool = False
 
     @property
@@ -325,8 +333,14 @@ def _parse_section(name: str, raw: object, problems: list[Problem]) -> _Section 
     try:
         return model.model_validate(raw)
     except ValidationError as error:
+        failed = {item["loc"][0] for item in error.errors() if item["loc"]}
         for item in error.errors():
             problems.append(Problem(_key_path(name, tuple(item["loc"])), _describe(item, model)))
+    # Keep checking the rest of the section: the valid keys, with defaults for the failed ones,
+    # so one run reports every problem. The problems above already stop the program.
+    try:
+        return model.model_validate({k: v for k, v in raw.items() if k not in failed})
+    except ValidationError:
         return None
 
 
@@ -424,14 +438,15 @@ def _check_model(model: ModelConfig, host: HostConfig | None, problems: list[Pro
         return
     needed = catalogue.weights_gb(model.id)
     available = tensor_parallel * spec.gpu.memory_gb * model.gpu_memory_utilization
-    if needed is not None and needed >= available:
+    if needed is not None and needed > available * catalogue.MAX_WEIGHTS_SHARE:
         problems.append(
             Problem(
                 f"{key}.id",
-                f"{model.id} needs about {needed:.0f} GB for its bf16 weights, more than the "
-                f"{available:.1f} GB vLLM may use ({tensor_parallel} x {spec.gpu.memory_gb} GB x "
-                f"{model.gpu_memory_utilization}); choose a machine with more GPU memory, a "
-                "higher tensorParallelSize or a smaller model",
+                f"{model.id} needs about {needed:.0f} GB for its bf16 weights; vLLM may use "
+                f"{available:.1f} GB ({tensor_parallel} x {spec.gpu.memory_gb} GB x "
+                f"{model.gpu_memory_utilization}), and the weights may take at most "
+                f"{catalogue.MAX_WEIGHTS_SHARE:.0%} of it to leave room for the KV cache; choose a "
+                "machine with more GPU memory, a higher tensorParallelSize or a smaller model",
             )
         )
     version = model.vllm_version
@@ -452,8 +467,18 @@ def _check_model(model: ModelConfig, host: HostConfig | None, problems: list[Pro
         )
 
 
+# RFC 1918 and the shared address space (RFC 6598) that VPCs may use for subnets.
+_PRIVATE_RANGES = tuple(
+    ipaddress.IPv4Network(r)
+    for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+# Identity-Aware Proxy's TCP forwarding range: how operators reach a host with no external IP.
+IAP_TCP_FORWARDING_RANGE = "35.235.240.0/20"
+
+
 def _is_private_range(cidr: str) -> bool:
-    return ipaddress.ip_network(cidr).is_private
+    network = ipaddress.IPv4Network(cidr)
+    return any(network.subnet_of(private) for private in _PRIVATE_RANGES)
 
 
 def _check_exposure(
@@ -468,7 +493,7 @@ def _check_exposure(
     key = f"{PROJECT}:network"
     if network.subnet and not network.vpc:
         problems.append(Problem(f"{key}.subnet", "needs network.vpc, the VPC it belongs to"))
-    if not ipaddress.ip_network(network.subnet_cidr).is_private:
+    if not _is_private_range(network.subnet_cidr):
         problems.append(
             Problem(f"{key}.subnetCidr", f"{network.subnet_cidr} is not a private (RFC 1918) range")
         )
@@ -477,12 +502,15 @@ def _check_exposure(
     if access is not None:
         for name, cidrs in (("apiCidrs", access.api_cidrs), ("sshCidrs", access.ssh_cidrs)):
             for index, cidr in enumerate(cidrs):
+                if name == "sshCidrs" and cidr == IAP_TCP_FORWARDING_RANGE:
+                    continue
                 if not _is_private_range(cidr):
                     problems.append(
                         Problem(
                             f"{PROJECT}:access.{name}[{index}]",
                             f"{cidr} is not a private range; a private endpoint admits only "
-                            "private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)",
+                            "private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
+                            f"100.64.0.0/10), and SSH also {IAP_TCP_FORWARDING_RANGE} (IAP)",
                         )
                     )
     if tls is not None and tls.mode == "letsencrypt":

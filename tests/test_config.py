@@ -1,0 +1,482 @@
+"""The configuration contract: defaults, the stack files, and every mistake refused by its key."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from components import catalogue
+from components.config import (
+    ConfigError,
+    StackConfig,
+    check_provided_certificate,
+    validate,
+)
+from tests.harness import USER_VALUES, merged, stack_config, stack_file
+
+
+def config_of(*overrides: dict[str, Any], stack: str = "prod") -> tuple[StackConfig, list[str]]:
+    raw = stack_config(stack, *overrides)
+    return validate({k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}, stack)
+
+
+def problems_of(*overrides: dict[str, Any], stack: str = "prod") -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        config_of(*overrides, stack=stack)
+    return caught.value
+
+
+def test_defaults_reproduce_the_reference_setup() -> None:
+    config, warnings = validate(
+        {
+            "gcp:project": "p",
+            "gcp:zone": "us-central1-a",
+            "vllm-gcp:access": json.dumps({"sshCidrs": ["198.51.100.7/32"]}),
+        },
+        "prod",
+    )
+    assert warnings == []
+    assert config.host.machine_type == "a2-ultragpu-2g"
+    assert config.machine.gpu_count == 2
+    assert config.machine.gpu.accelerator == "nvidia-a100-80gb"
+    assert config.model.id == "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
+    assert config.model.served_model_name == config.model.id
+    assert config.model.effective_tool_call_parser == "mistral"
+    assert config.model.family is not None
+    assert "--tokenizer-mode" in config.model.family.vllm_flags
+    assert config.tensor_parallel_size == 2
+    assert config.model.gpu_memory_utilization == 0.90
+    assert config.host.image == catalogue.DEFAULT_HOST_IMAGE
+    assert config.tls.mode == "self-signed"
+    assert config.access.api_cidrs == ["0.0.0.0/0"]
+    assert config.network.exposure == "public"
+    assert config.region == "us-central1"
+    assert config.elastic is None
+    version = config.model.vllm_version
+    assert version is not None
+    assert catalogue.advisories_for(version) == []
+
+
+def test_prod_stack_is_the_reference_setup() -> None:
+    config, _ = config_of(stack="prod")
+    assert config.host.machine_type == "a2-ultragpu-2g"
+    assert config.host.provisioning == "standard"
+    assert config.tensor_parallel_size == 2
+
+
+def test_dev_stack_is_a_cheap_spot_l4() -> None:
+    config, _ = config_of(stack="dev")
+    assert config.host.machine_type == "g2-standard-8"
+    assert config.machine.gpu.accelerator == "nvidia-l4"
+    assert config.host.provisioning == "spot"
+    assert config.model.effective_tool_call_parser == "hermes"
+    assert config.tensor_parallel_size == 1
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_stack_files_stop_until_the_two_user_values_are_set(stack: str) -> None:
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in stack_file(stack).items()}
+    with pytest.raises(ConfigError) as caught:
+        validate(raw, stack)
+    message = str(caught.value)
+    assert {p.key for p in caught.value.problems} == {"gcp:project", "vllm-gcp:access.sshCidrs"}
+    assert "pulumi config set gcp:project <your-gcp-project-id>" in message
+    assert "pulumi config set --path 'vllm-gcp:access.sshCidrs[0]' <your-public-ip>/32" in message
+
+
+def test_stack_files_set_nothing_else_for_the_user() -> None:
+    for stack in ("prod", "dev"):
+        keys = set(stack_file(stack))
+        assert "gcp:project" not in keys
+        assert "sshCidrs" not in stack_file(stack).get("vllm-gcp:access", {})
+    assert set(USER_VALUES) == {"gcp:project", "vllm-gcp:access"}
+
+
+# Each mistake: the overrides that make it, the key path it must be reported under, and a
+# fragment of the message that says what would be valid.
+BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
+    (
+        "tensor parallel does not divide the GPUs",
+        {"vllm-gcp:model": {"tensorParallelSize": 3}},
+        "vllm-gcp:model.tensorParallelSize",
+        "valid: 1, 2",
+    ),
+    (
+        "gpu memory utilisation zero",
+        {"vllm-gcp:model": {"gpuMemoryUtilization": 0}},
+        "vllm-gcp:model.gpuMemoryUtilization",
+        "greater than 0",
+    ),
+    (
+        "gpu memory utilisation above one",
+        {"vllm-gcp:model": {"gpuMemoryUtilization": 1.2}},
+        "vllm-gcp:model.gpuMemoryUtilization",
+        "less than or equal to 1",
+    ),
+    (
+        "machine type without a GPU",
+        {"vllm-gcp:host": {"machineType": "n2-standard-8"}},
+        "vllm-gcp:host.machineType",
+        "a2-ultragpu-2g",
+    ),
+    (
+        "unknown machine type, close to a known one",
+        {"vllm-gcp:host": {"machineType": "a2-ultragpu-3g"}},
+        "vllm-gcp:host.machineType",
+        "did you mean",
+    ),
+    (
+        "zone known not to offer the GPU",
+        {"gcp:zone": "europe-west1-b"},
+        "gcp:zone",
+        "skipZoneCheck true",
+    ),
+    (
+        "malformed zone",
+        {"gcp:zone": "us-central1"},
+        "gcp:zone",
+        "us-central1-a",
+    ),
+    (
+        "invalid API CIDR",
+        {"vllm-gcp:access": {"apiCidrs": ["10.0.0.300/8"]}},
+        "vllm-gcp:access.apiCidrs[0]",
+        "not a CIDR range",
+    ),
+    (
+        "CIDR with host bits",
+        {"vllm-gcp:access": {"apiCidrs": ["10.1.2.3/8"]}},
+        "vllm-gcp:access.apiCidrs[0]",
+        "did you mean 10.0.0.0/8",
+    ),
+    (
+        "SSH open to the world",
+        {"vllm-gcp:access": {"sshCidrs": ["0.0.0.0/0"]}},
+        "vllm-gcp:access.sshCidrs[0]",
+        "203.0.113.7/32",
+    ),
+    (
+        "no SSH source",
+        {"vllm-gcp:access": {"sshCidrs": []}},
+        "vllm-gcp:access.sshCidrs",
+        "required, non-empty",
+    ),
+    (
+        "letsencrypt without a domain",
+        {"vllm-gcp:tls": {"mode": "letsencrypt", "email": "ops@example.com"}},
+        "vllm-gcp:tls.domain",
+        "required for letsencrypt",
+    ),
+    (
+        "letsencrypt without an email",
+        {"vllm-gcp:tls": {"mode": "letsencrypt", "domain": "llm.example.com"}},
+        "vllm-gcp:tls.email",
+        "required for letsencrypt",
+    ),
+    (
+        "provided mode without certificate and key",
+        {"vllm-gcp:tls": {"mode": "provided", "domain": "llm.example.com"}},
+        "vllm-gcp:tlsCertificate",
+        "pulumi config set --secret vllm-gcp:tlsCertificate",
+    ),
+    (
+        "a model whose weights cannot fit the GPUs",
+        {"vllm-gcp:model": {"id": "meta-llama/Llama-3.3-70B-Instruct"}},
+        "vllm-gcp:model.id",
+        "141 GB",
+    ),
+    (
+        "a typo in a top-level key",
+        {"vllm-gcp:hots": {"machineType": "a2-ultragpu-2g"}},
+        "vllm-gcp:hots",
+        "did you mean 'host'",
+    ),
+    (
+        "a typo in a nested key",
+        {"vllm-gcp:model": {"tensorParalelSize": 2}},
+        "vllm-gcp:model.tensorParalelSize",
+        "did you mean 'tensorParallelSize'",
+    ),
+    (
+        "unknown provisioning model",
+        {"vllm-gcp:host": {"provisioning": "preemptible"}},
+        "vllm-gcp:host.provisioning",
+        "'standard' or 'spot'",
+    ),
+    (
+        "an unpinned vLLM image",
+        {"vllm-gcp:model": {"image": "vllm/vllm-openai:latest"}},
+        "vllm-gcp:model.image",
+        "pin a release",
+    ),
+    (
+        "extraArgs overriding the loopback port",
+        {"vllm-gcp:model": {"extraArgs": ["--max-num-seqs", "64", "--port=9000"]}},
+        "vllm-gcp:model.extraArgs[2]",
+        "set by the stack",
+    ),
+    (
+        "unknown tool-call parser",
+        {"vllm-gcp:model": {"toolCallParser": "mistrall"}},
+        "vllm-gcp:model.toolCallParser",
+        "did you mean 'mistral'",
+    ),
+    (
+        "GCS source without a URI",
+        {"vllm-gcp:model": {"source": "gcs"}},
+        "vllm-gcp:model.gcsUri",
+        "gs://bucket/prefix",
+    ),
+    (
+        "Kibana URL without a Kibana API key",
+        {"vllm-gcp:elastic": {"kibanaUrl": "https://kb.example.com"}},
+        "vllm-gcp:kibanaApiKey",
+        "pulumi config set --secret vllm-gcp:kibanaApiKey",
+    ),
+    (
+        "an on-demand A3 High below 8 GPUs",
+        {"vllm-gcp:host": {"machineType": "a3-highgpu-2g"}},
+        "vllm-gcp:host.provisioning",
+        "only as Spot",
+    ),
+    (
+        "a CUDA 13 vLLM on a host image with an older driver",
+        {
+            "vllm-gcp:host": {
+                "image": "projects/ubuntu-os-accelerator-images/global/images/family/"
+                "ubuntu-accelerator-2404-amd64-with-nvidia-570"
+            }
+        },
+        "vllm-gcp:model.image",
+        "driver 580+",
+    ),
+    (
+        "a subnet without its VPC",
+        {"vllm-gcp:network": {"subnet": "llm-subnet"}},
+        "vllm-gcp:network.subnet",
+        "needs network.vpc",
+    ),
+    (
+        "SSH as root",
+        {"vllm-gcp:host": {"sshUser": "root"}},
+        "vllm-gcp:host.sshUser",
+        "use a user such as vllm",
+    ),
+    (
+        "private exposure open to the world",
+        {
+            "vllm-gcp:network": {"exposure": "private"},
+            "vllm-gcp:access": {"sshCidrs": ["10.0.0.0/8"]},
+        },
+        "vllm-gcp:access.apiCidrs[0]",
+        "not a private range",
+    ),
+    (
+        "private exposure with a public SSH source",
+        {
+            "vllm-gcp:network": {"exposure": "private"},
+            "vllm-gcp:access": {"apiCidrs": ["10.0.0.0/8"]},
+        },
+        "vllm-gcp:access.sshCidrs[0]",
+        "not a private range",
+    ),
+    (
+        "letsencrypt on a private endpoint",
+        {
+            "vllm-gcp:network": {"exposure": "private"},
+            "vllm-gcp:tls": {
+                "mode": "letsencrypt",
+                "domain": "llm.example.com",
+                "email": "ops@example.com",
+            },
+        },
+        "vllm-gcp:tls.mode",
+        "use self-signed or provided",
+    ),
+    (
+        "private exposure pulling weights from Hugging Face",
+        {"vllm-gcp:network": {"exposure": "private"}},
+        "vllm-gcp:model.source",
+        "cannot reach Hugging Face",
+    ),
+    (
+        "private exposure without a Docker mirror",
+        {"vllm-gcp:network": {"exposure": "private"}},
+        "vllm-gcp:mirror.dockerRemote",
+        "cannot pull from Docker Hub",
+    ),
+    (
+        "a section that is not an object",
+        {"vllm-gcp:tls": "letsencrypt"},
+        "vllm-gcp:tls",
+        "must be an object",
+    ),
+    (
+        "a public subnet range",
+        {"vllm-gcp:network": {"subnetCidr": "8.8.8.0/24"}},
+        "vllm-gcp:network.subnetCidr",
+        "private",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "fragment"),
+    [case[1:] for case in BAD_CONFIGS],
+    ids=[case[0] for case in BAD_CONFIGS],
+)
+def test_bad_configuration_is_refused_by_key(
+    overrides: dict[str, Any], key: str, fragment: str
+) -> None:
+    error = problems_of(overrides)
+    matching = [p for p in error.problems if p.key == key]
+    assert matching, f"no problem reported at {key}: {error}"
+    assert any(fragment in p.message for p in matching), str(error)
+    assert f"{key}: " in str(error)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    error = problems_of(
+        {
+            "gcp:zone": "europe-west1-b",
+            "vllm-gcp:model": {"gpuMemoryUtilization": 2, "toolCallParser": "nope"},
+            "vllm-gcp:access": {"sshCidrs": ["0.0.0.0/0"], "apiCidrs": ["bad"]},
+            "vllm-gcp:tls": {"mode": "letsencrypt"},
+            "vllm-gcp:unknown": 1,
+        }
+    )
+    keys = {p.key for p in error.problems}
+    assert keys >= {
+        "gcp:zone",
+        "vllm-gcp:model.gpuMemoryUtilization",
+        "vllm-gcp:model.toolCallParser",
+        "vllm-gcp:access.sshCidrs[0]",
+        "vllm-gcp:access.apiCidrs[0]",
+        "vllm-gcp:tls.domain",
+        "vllm-gcp:tls.email",
+        "vllm-gcp:unknown",
+    }
+    assert str(error).startswith(f"The stack configuration has {len(error.problems)} problem(s):")
+
+
+def test_skip_zone_check_trusts_the_zone() -> None:
+    config, _ = config_of({"gcp:zone": "europe-west1-b", "vllm-gcp:host": {"skipZoneCheck": True}})
+    assert config.zone == "europe-west1-b"
+    assert config.region == "europe-west1"
+
+
+def test_every_catalogued_machine_is_a_gpu_machine_with_zones() -> None:
+    for name in ("a2-highgpu-1g", "a2-ultragpu-8g", "a3-highgpu-8g", "g2-standard-96"):
+        spec = catalogue.MACHINE_TYPES[name]
+        assert spec.gpu_count >= 1
+        assert spec.gpu.zones
+    assert catalogue.MACHINE_TYPES["a2-ultragpu-2g"].local_ssd_count == 2
+
+
+def test_model_families_pick_the_tool_call_parser() -> None:
+    cases = {
+        "mistralai/Mistral-Small-3.2-24B-Instruct-2506": "mistral",
+        "meta-llama/Llama-3.1-8B-Instruct": "llama3_json",
+        "meta-llama/Llama-3.3-70B-Instruct": "llama3_json",
+        "Qwen/Qwen2.5-7B-Instruct": "hermes",
+        "NousResearch/Hermes-3-Llama-3.1-8B": "hermes",
+    }
+    for model_id, parser in cases.items():
+        family = catalogue.family_of(model_id)
+        assert family is not None, model_id
+        assert family.tool_call_parser == parser
+    assert catalogue.family_of("google/gemma-2-9b-it") is None
+
+
+def test_tool_calling_can_be_turned_off_and_overridden() -> None:
+    off, _ = config_of({"vllm-gcp:model": {"toolCallParser": "none"}})
+    assert off.model.effective_tool_call_parser is None
+    pythonic, _ = config_of({"vllm-gcp:model": {"toolCallParser": "pythonic"}})
+    assert pythonic.model.effective_tool_call_parser == "pythonic"
+
+
+def test_an_older_vllm_is_allowed_with_a_warning_naming_its_advisories() -> None:
+    config, warnings = config_of({"vllm-gcp:model": {"image": "vllm/vllm-openai:v0.9.1"}})
+    assert config.model.vllm_version == (0, 9, 1)
+    assert len(warnings) == 1
+    assert "CVE-2026-48746" in warnings[0]
+    assert "CVE-2026-55574" in warnings[0]
+
+
+def test_a_well_formed_private_configuration_is_accepted() -> None:
+    config, _ = config_of(
+        {
+            "vllm-gcp:network": {"exposure": "private", "sshJumpHost": "ops@10.0.0.5"},
+            "vllm-gcp:access": {"apiCidrs": ["10.0.0.0/8"], "sshCidrs": ["10.0.0.0/8"]},
+            "vllm-gcp:mirror": {"dockerRemote": True, "aptRemote": True},
+            "vllm-gcp:model": {"source": "gcs", "gcsUri": "gs://weights-bucket/mistral-small"},
+        }
+    )
+    assert config.network.private
+    assert config.model.gcs_uri == "gs://weights-bucket/mistral-small"
+
+
+def _certificate(
+    name: str, *, days: int = 90, key: ec.EllipticCurvePrivateKey | None = None
+) -> tuple[str, str]:
+    private_key = key or ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .public_key(private_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(private_key, hashes.SHA256())
+    )
+    key_pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+def test_a_provided_certificate_is_checked_before_use() -> None:
+    good_cert, good_key = _certificate("llm.example.com")
+    assert check_provided_certificate(good_cert, good_key, "llm.example.com") == []
+    wildcard_cert, wildcard_key = _certificate("*.example.com")
+    assert check_provided_certificate(wildcard_cert, wildcard_key, "llm.example.com") == []
+
+    _, other_key = _certificate("llm.example.com")
+    assert check_provided_certificate(good_cert, other_key, "llm.example.com") == [
+        "does not match tlsPrivateKey"
+    ]
+    later = datetime.now(UTC) + timedelta(days=365)
+    assert "expired on" in check_provided_certificate(good_cert, good_key, None, now=later)[0]
+    assert check_provided_certificate(good_cert, good_key, "other.example.com") == [
+        "does not name other.example.com in its subject alternative names"
+    ]
+    assert check_provided_certificate("not a pem", good_key, None) == ["is not a PEM certificate"]
+
+
+def test_provided_mode_refuses_a_mismatched_key_through_the_stack() -> None:
+    cert, _ = _certificate("llm.example.com")
+    _, other_key = _certificate("llm.example.com")
+    raw = merged(
+        stack_config("prod"),
+        {"vllm-gcp:tls": {"mode": "provided", "domain": "llm.example.com"}},
+    )
+    raw["vllm-gcp:tlsCertificate"] = cert
+    raw["vllm-gcp:tlsPrivateKey"] = other_key
+    with pytest.raises(ConfigError) as caught:
+        validate({k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}, "prod")
+    assert [(p.key, p.message) for p in caught.value.problems] == [
+        ("vllm-gcp:tlsCertificate", "does not match tlsPrivateKey")
+    ]
+    assert other_key not in str(caught.value)
