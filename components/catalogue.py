@@ -310,6 +310,10 @@ BYTES_PER_PARAM_BF16 = 2.0
 # The weights may fill at most this share of the memory vLLM may use: the rest holds the KV cache,
 # without which a model that "fits" serves no useful context.
 MAX_WEIGHTS_SHARE = 0.9
+# Boot disk room for the OS with the driver and for the vLLM image (about 10 GB compressed,
+# 25 GB unpacked for recent CUDA 13 releases); the weights come on top where no local SSD holds
+# the model cache.
+BOOT_DISK_BASE_GB = 60
 
 
 def family_of(model_id: str) -> ModelFamily | None:

@@ -449,6 +449,19 @@ def _check_model(model: ModelConfig, host: HostConfig | None, problems: list[Pro
                 "machine with more GPU memory, a higher tensorParallelSize or a smaller model",
             )
         )
+    cache_on_boot_disk = spec.local_ssd_count == 0
+    minimum_disk = catalogue.BOOT_DISK_BASE_GB + (
+        round((needed or 0) * 1.1) if cache_on_boot_disk else 0
+    )
+    if host.boot_disk_gb < minimum_disk:
+        held = f" and {model.id}'s weights" if cache_on_boot_disk and needed else ""
+        problems.append(
+            Problem(
+                f"{PROJECT}:host.bootDiskGb",
+                f"{host.boot_disk_gb} GB cannot hold the OS, the vLLM image{held}; "
+                f"give at least {minimum_disk}",
+            )
+        )
     version = model.vllm_version
     driver = catalogue.image_driver_major(host.image)
     if (

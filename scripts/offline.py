@@ -185,9 +185,10 @@ def run_program(
     stack: str = "dev",
     secrets: Mapping[str, str] | None = None,
     preview: bool = False,
+    mocks: RecordingMocks | None = None,
 ) -> Plan:
     """Run __main__.py with this configuration; secrets are set as secret config values."""
-    mocks = RecordingMocks()
+    mocks = mocks or RecordingMocks()
     collector = _Collect()
     logger = logging.getLogger(f"vllm-gcp-test-{id(mocks)}")
     logger.addHandler(collector)

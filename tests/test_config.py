@@ -319,6 +319,15 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
         "must be an object",
     ),
     (
+        "a boot disk too small for the weights where no local SSD holds them",
+        {
+            "vllm-gcp:host": {"machineType": "g2-standard-8", "bootDiskGb": 60},
+            "vllm-gcp:model": {"id": "Qwen/Qwen2.5-7B-Instruct"},
+        },
+        "vllm-gcp:host.bootDiskGb",
+        "give at least 77",
+    ),
+    (
         "a public subnet range",
         {"vllm-gcp:network": {"subnetCidr": "8.8.8.0/24"}},
         "vllm-gcp:network.subnetCidr",

@@ -1,0 +1,162 @@
+"""The whole program under the engine's mocks: both stacks plan, the outputs contract holds, and a
+change touches only what it must."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.config import ConfigError
+from tests.harness import (
+    MOCK_API_KEY,
+    MOCK_HF_TOKEN,
+    MOCK_KIBANA_KEY,
+    MOCK_SSH_PRIVATE_KEY,
+    MOCK_TLS_KEY,
+    Plan,
+    RecordingMocks,
+    Registered,
+    plain_strings,
+    run_program,
+    stack_config,
+    stack_file,
+)
+
+INSTANCE = "gcp:compute/instance:Instance"
+REMOTE_COMMAND = "command:remote:Command"
+CONTRACT_OUTPUTS = {
+    "endpoint",
+    "connectorUrl",
+    "apiKey",
+    "model",
+    "caCertificate",
+    "kibanaConnector",
+    "kibanaSettings",
+    "publicIp",
+    "privateIp",
+    "instanceName",
+    "zone",
+    "sshUser",
+    "sshPrivateKey",
+}
+SECRET_OUTPUTS = {"apiKey", "kibanaConnector", "sshPrivateKey"}
+MOCK_SECRETS = (MOCK_API_KEY, MOCK_HF_TOKEN, MOCK_KIBANA_KEY, MOCK_SSH_PRIVATE_KEY, MOCK_TLS_KEY)
+
+
+def plan(stack: str, *overrides: dict[str, Any], secrets: dict[str, str] | None = None) -> Plan:
+    return run_program(stack_config(stack, *overrides), stack=stack, secrets=secrets)
+
+
+def commands_by_name(result: Plan) -> dict[str, Registered]:
+    return {r.name: r for r in result.of_type(REMOTE_COMMAND)}
+
+
+def test_prod_plans_the_reference_host() -> None:
+    result = plan("prod")
+    instance = result.one(INSTANCE).plain
+    assert instance["machineType"] == "a2-ultragpu-2g"
+    assert instance["zone"] == "us-central1-a"
+    assert instance["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    assert instance["scheduling"].get("provisioningModel", "STANDARD") == "STANDARD"
+    assert "startup-script" in instance["metadata"]
+    assert "metadataStartupScript" not in instance
+    assert result.outputs["model"] == "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
+    assert result.outputs["zone"] == "us-central1-a"
+    assert result.outputs["sshUser"] == "vllm"
+
+
+def test_dev_plans_a_spot_l4() -> None:
+    instance = plan("dev").one(INSTANCE).plain
+    assert instance["machineType"] == "g2-standard-8"
+    assert instance["scheduling"]["provisioningModel"] == "SPOT"
+    assert instance["scheduling"]["preemptible"] is True
+    assert instance["scheduling"]["automaticRestart"] is False
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_the_outputs_contract_holds(stack: str) -> None:
+    result = plan(stack)
+    assert set(result.outputs) >= CONTRACT_OUTPUTS
+    assert result.secret_outputs >= SECRET_OUTPUTS
+    outputs = result.outputs
+    host = outputs["publicIp"]
+    assert outputs["endpoint"] == f"https://{host}/v1"
+    assert outputs["connectorUrl"] == f"https://{host}/v1/chat/completions"
+    assert outputs["apiKey"] == MOCK_API_KEY
+    assert outputs["caCertificate"].startswith("-----BEGIN CERTIFICATE-----")
+    connector = outputs["kibanaConnector"]
+    assert connector["config"]["apiUrl"] == outputs["connectorUrl"]
+    assert connector["config"]["defaultModel"] == outputs["model"]
+    assert connector["secrets"]["apiKey"] == outputs["apiKey"]
+
+
+def test_no_secret_appears_outside_secret_values() -> None:
+    result = plan(
+        "prod",
+        {"vllm-gcp:elastic": {"kibanaUrl": "https://kb.example.com"}},
+        secrets={"huggingFaceToken": MOCK_HF_TOKEN, "kibanaApiKey": MOCK_KIBANA_KEY},
+    )
+    for resource in result.resources:
+        for text in plain_strings(resource.inputs):
+            for secret in MOCK_SECRETS:
+                assert secret.strip() not in text, f"{resource.type} {resource.name} leaks a secret"
+    for key, value in result.outputs.items():
+        if key in result.secret_outputs:
+            continue
+        for text in plain_strings(value):
+            for secret in MOCK_SECRETS:
+                assert secret.strip() not in text, f"output {key} leaks a secret"
+
+
+# Changes that must never touch the VM: model, vLLM flags, image, TLS, who may call the API.
+WORKLOAD_CHANGES: dict[str, dict[str, Any]] = {
+    "model": {"vllm-gcp:model": {"id": "mistralai/Mistral-Small-3.1-24B-Instruct-2503"}},
+    "vllm flags": {"vllm-gcp:model": {"maxModelLen": 32768, "extraArgs": ["--max-num-seqs", "64"]}},
+    "image": {"vllm-gcp:model": {"image": "vllm/vllm-openai:v0.9.1"}},
+    "tool calling": {"vllm-gcp:model": {"toolCallParser": "none"}},
+    "tls": {"vllm-gcp:tls": {"mode": "self-signed", "domain": "llm.example.com"}},
+    "api cidrs": {"vllm-gcp:access": {"apiCidrs": ["192.0.2.0/24"]}},
+}
+
+
+@pytest.mark.parametrize("change", list(WORKLOAD_CHANGES), ids=list(WORKLOAD_CHANGES))
+def test_workload_changes_leave_the_instance_untouched(change: str) -> None:
+    before = plan("prod").one(INSTANCE).inputs
+    after = plan("prod", WORKLOAD_CHANGES[change]).one(INSTANCE).inputs
+    assert after == before
+
+
+def test_a_model_change_reruns_only_the_serving_steps() -> None:
+    before = commands_by_name(plan("prod"))
+    after = commands_by_name(plan("prod", WORKLOAD_CHANGES["model"]))
+    assert set(before) == set(after)
+    changed = {name for name in before if before[name].inputs != after[name].inputs}
+    assert changed, "the model change reached no remote step"
+    assert all(name.startswith("vllm-") for name in changed)
+    unchanged = set(before) - changed
+    assert any("secret" in name for name in unchanged)
+    assert any("wait-host" in name or "host-ready" in name for name in unchanged)
+
+
+def test_a_second_plan_is_identical() -> None:
+    first = plan("prod")
+    second = plan("prod")
+    assert [(r.type, r.name, r.inputs) for r in first.resources] == [
+        (r.type, r.name, r.inputs) for r in second.resources
+    ]
+
+
+def test_bad_configuration_registers_nothing() -> None:
+    mocks = RecordingMocks()
+    config = stack_config("prod", {"vllm-gcp:model": {"tensorParallelSize": 3}})
+    with pytest.raises(ConfigError, match=r"vllm-gcp:model\.tensorParallelSize"):
+        run_program(config, stack="prod", mocks=mocks)
+    assert mocks.resources == []
+
+
+def test_a_stack_file_without_the_user_values_registers_nothing() -> None:
+    mocks = RecordingMocks()
+    with pytest.raises(ConfigError, match="pulumi config set gcp:project"):
+        run_program(stack_file("dev"), stack="dev", mocks=mocks)
+    assert mocks.resources == []
