@@ -543,23 +543,24 @@ def _check_exposure(
                 "and set source: gcs with gcsUri",
             )
         )
-    if mirror is not None and not prepared_image:
-        if not mirror.docker_remote:
-            problems.append(
-                Problem(
-                    f"{PROJECT}:mirror.dockerRemote",
-                    "a private host cannot pull from Docker Hub; set it to true (or give "
-                    "host.image a prepared image that holds the vLLM image)",
-                )
+    if mirror is not None and not mirror.docker_remote:
+        problems.append(
+            Problem(
+                f"{PROJECT}:mirror.dockerRemote",
+                "a private host cannot pull from Docker Hub; set it to true (the vLLM image "
+                "then comes through an Artifact Registry remote repository)",
             )
-        if not mirror.apt_remote:
-            problems.append(
-                Problem(
-                    f"{PROJECT}:mirror.aptRemote",
-                    "a private host cannot reach the apt archives; set it to true (or give "
-                    "host.image a prepared image with Docker, the container toolkit and Nginx)",
-                )
+        )
+    if host is not None and not prepared_image:
+        problems.append(
+            Problem(
+                f"{PROJECT}:host.image",
+                "a private host cannot install the NVIDIA container toolkit: only NVIDIA's apt "
+                "repository publishes it and Artifact Registry cannot mirror it "
+                "(mirror.aptRemote covers the Ubuntu archive); give host.image a prepared "
+                "image with Docker, the NVIDIA container toolkit and Nginx",
             )
+        )
 
 
 def _check_tls(tls: TlsConfig, secrets: Mapping[str, str | None], problems: list[Problem]) -> None:

@@ -313,6 +313,12 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
         "cannot pull from Docker Hub",
     ),
     (
+        "private exposure on an image without the container toolkit",
+        {"vllm-gcp:network": {"exposure": "private"}},
+        "vllm-gcp:host.image",
+        "prepared image",
+    ),
+    (
         "a section that is not an object",
         {"vllm-gcp:tls": "letsencrypt"},
         "vllm-gcp:tls",
@@ -426,6 +432,7 @@ def test_a_well_formed_private_configuration_is_accepted() -> None:
             "vllm-gcp:access": {"apiCidrs": ["10.0.0.0/8"], "sshCidrs": ["10.0.0.0/8"]},
             "vllm-gcp:mirror": {"dockerRemote": True, "aptRemote": True},
             "vllm-gcp:model": {"source": "gcs", "gcsUri": "gs://weights-bucket/mistral-small"},
+            "vllm-gcp:host": {"image": "projects/my-project/global/images/family/vllm-host"},
         }
     )
     assert config.network.private

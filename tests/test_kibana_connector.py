@@ -1,0 +1,597 @@
+"""The Kibana connector's dynamic provider against a stand-in Kibana (and endpoint) on loopback."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime import rpc
+
+from components.elastic import connector_config, connector_id_for
+from components.kibana_connector import (
+    KibanaApiError,
+    KibanaClient,
+    KibanaConnectorProvider,
+    verification_hint,
+)
+from tests.harness import ROOT
+from tests.standins.kibana import StandInKibana, tls_context
+
+KIBANA_KEY = "a2liYW5hLWtleS1pZDpraWJhbmEta2V5LXNlY3JldA=="
+READ_ONLY_KEY = "cmVhZC1vbmx5LWtleQ=="
+NO_ACCESS_KEY = "bm8tYWNjZXNzLWtleQ=="
+ENDPOINT_KEY = "endpoint-bearer-token-0123456789abcdef"
+MODEL = "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
+CONNECTOR_ID = connector_id_for("org", "vllm-gcp", "test", "http://kibana", "default", "vllm")
+KEYS = {KIBANA_KEY: "all", READ_ONLY_KEY: "read", NO_ACCESS_KEY: "none"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Loopback helpers: certificates, a stand-in OpenAI-compatible endpoint, a closed port
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca_pem: str
+    server_pem: str
+    server_key_pem: str
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("test CA"))
+        .issuer_name(_name("test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return Pki(
+        ca_pem=ca.public_bytes(serialization.Encoding.PEM).decode(),
+        server_pem=server.public_bytes(serialization.Encoding.PEM).decode(),
+        server_key_pem=server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
+
+
+@dataclass
+class FakeEndpoint:
+    """The Nginx-fronted vLLM as Kibana sees it: bearer check, then a chat completion."""
+
+    api_key: str
+    tls: tuple[str, str] | None = None
+    received: list[dict[str, Any]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def chat_url(self) -> str:
+        assert self.server is not None
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server.server_address[1]}/v1/chat/completions"
+
+    def __enter__(self) -> FakeEndpoint:
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                authorized = self.headers.get("Authorization") == f"Bearer {endpoint.api_key}"
+                endpoint.received.append({"body": body, "authorized": authorized})
+                if self.path != "/v1/chat/completions" or not authorized:
+                    self.send_response(401 if not authorized else 404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                answer = json.dumps(
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": "OK"}}
+                        ],
+                        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        if self.tls is not None:
+            server.socket = tls_context(*self.tls).wrap_socket(server.socket, server_side=True)
+        self.server = server
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def kibana() -> Iterator[StandInKibana]:
+    with StandInKibana(keys=KEYS, spaces=("default", "security")) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def provider() -> KibanaConnectorProvider:
+    return KibanaConnectorProvider(
+        request_timeout=3, verify_timeout=10, verify_attempts=1, verify_retry_delay=0
+    )
+
+
+def props(kibana_url: str, **overrides: Any) -> dict[str, Any]:
+    """The properties the engine hands the provider (secrets already unwrapped)."""
+    values: dict[str, Any] = {
+        "kibana_url": kibana_url,
+        "space": "default",
+        "connector_id": CONNECTOR_ID,
+        "connector_type_id": ".gen-ai",
+        "name": f"vLLM - {MODEL}",
+        "config": connector_config("https://203.0.113.10/v1/chat/completions", MODEL, True),
+        "api_key": ENDPOINT_KEY,
+        "kibana_api_key": KIBANA_KEY,
+        "verify": False,
+        "__provider": "serialized-provider",
+    }
+    values.update(overrides)
+    return values
+
+
+def assert_no_credentials(error: BaseException) -> None:
+    text = str(error)
+    for secret in (KIBANA_KEY, READ_ONLY_KEY, NO_ACCESS_KEY, ENDPOINT_KEY):
+        assert secret not in text
+
+
+# ------------------------------------------------------------------------------------------------
+# Create, read, update, delete
+
+
+def test_create_read_update_delete_round_trip(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    desired = props(kibana.url)
+    created = provider.create(desired)
+    assert created.id == CONNECTOR_ID
+    stored = kibana.connector(CONNECTOR_ID)
+    assert stored is not None
+    assert stored["name"] == f"vLLM - {MODEL}"
+    assert stored["config"]["apiUrl"] == "https://203.0.113.10/v1/chat/completions"
+    assert stored["config"]["enableNativeFunctionCalling"] is True
+    assert stored["secrets"] == {"apiKey": ENDPOINT_KEY}
+    create_request = kibana.requests[-1]
+    assert create_request.method == "POST"
+    assert create_request.path == f"/api/actions/connector/{CONNECTOR_ID}"
+    assert create_request.headers["kbn-xsrf"] == "true"
+    assert create_request.headers["authorization"] == f"ApiKey {KIBANA_KEY}"
+    assert created.outs is not None
+    assert "__provider" not in created.outs
+
+    # Refresh sees the live connector; Kibana's extra config defaults are not drift.
+    state = {**created.outs, "__provider": "serialized-provider"}
+    refreshed = provider.read(CONNECTOR_ID, state)
+    assert refreshed.id == CONNECTOR_ID
+    assert refreshed.outs is not None
+    assert refreshed.outs["config"] == desired["config"]
+    assert provider.diff(CONNECTOR_ID, refreshed.outs, desired).changes is False
+
+    # New endpoint, model and key: an update in place, never a replacement.
+    changed = props(
+        kibana.url,
+        config=connector_config("https://llm.example.com/v1/chat/completions", "other", False),
+        api_key="rotated-bearer-token",
+    )
+    diff = provider.diff(CONNECTOR_ID, refreshed.outs, changed)
+    assert diff.changes is True
+    assert diff.replaces == []
+    provider.update(CONNECTOR_ID, refreshed.outs, changed)
+    assert kibana.requests[-1].method == "PUT"
+    assert set(kibana.requests[-1].body) == {"name", "config", "secrets"}
+    stored = kibana.connector(CONNECTOR_ID)
+    assert stored is not None
+    assert stored["config"]["apiUrl"] == "https://llm.example.com/v1/chat/completions"
+    assert stored["config"]["defaultModel"] == "other"
+    assert "enableNativeFunctionCalling" not in stored["config"]
+    assert stored["secrets"] == {"apiKey": "rotated-bearer-token"}
+
+    provider.delete(CONNECTOR_ID, changed)
+    assert kibana.connector(CONNECTOR_ID) is None
+    provider.delete(CONNECTOR_ID, changed)  # already gone counts as deleted
+    assert kibana.requests[-1].method == "DELETE"
+
+
+def test_refresh_drops_a_connector_deleted_in_kibana(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    state = props(kibana.url)
+    provider.create(state)
+    kibana.connectors.clear()
+    gone = provider.read(CONNECTOR_ID, state)
+    assert not gone.id
+
+
+def test_refresh_reports_drift_made_in_kibana(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    desired = props(kibana.url)
+    provider.create(desired)
+    stored = kibana.connector(CONNECTOR_ID)
+    assert stored is not None
+    stored["config"]["apiUrl"] = "https://elsewhere.example.com/v1/chat/completions"
+    refreshed = provider.read(CONNECTOR_ID, desired)
+    assert refreshed.outs is not None
+    diff = provider.diff(CONNECTOR_ID, refreshed.outs, desired)
+    assert diff.changes is True
+    assert diff.replaces == []
+
+
+def test_refresh_notices_secrets_kibana_lost(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    desired = props(kibana.url)
+    provider.create(desired)
+    stored = kibana.connector(CONNECTOR_ID)
+    assert stored is not None
+    stored["is_missing_secrets"] = True
+    refreshed = provider.read(CONNECTOR_ID, desired)
+    assert refreshed.outs is not None
+    assert provider.diff(CONNECTOR_ID, refreshed.outs, desired).changes is True
+
+
+def test_diff_replaces_only_for_another_kibana_space_id_or_type(
+    provider: KibanaConnectorProvider,
+) -> None:
+    old = props("https://kibana.example.com")
+    for key, value in (
+        ("kibana_url", "https://other.example.com"),
+        ("space", "security"),
+        ("connector_id", connector_id_for("another")),
+        ("connector_type_id", ".bedrock"),
+    ):
+        diff = provider.diff(CONNECTOR_ID, old, {**old, key: value})
+        assert diff.replaces == [key]
+        assert diff.changes is True
+    for key, value in (
+        ("name", "renamed"),
+        ("config", connector_config("https://x.example.com/v1/chat/completions", MODEL, True)),
+        ("api_key", "new-token"),
+        ("kibana_api_key", "new-kibana-key"),
+        ("verify", True),
+    ):
+        diff = provider.diff(CONNECTOR_ID, old, {**old, key: value})
+        assert diff.replaces == []
+        assert diff.changes is True
+    # In a preview the endpoint's address may be unknown yet: that is a change, not a replace.
+    unknown = provider.diff(CONNECTOR_ID, old, {**old, "config": rpc.UNKNOWN})
+    assert unknown.changes is True
+    assert unknown.replaces == []
+    assert provider.diff(CONNECTOR_ID, old, dict(old)).changes is False
+
+
+def test_spaces_go_in_the_path(kibana: StandInKibana, provider: KibanaConnectorProvider) -> None:
+    provider.create(props(kibana.url, space="security"))
+    assert kibana.requests[-1].path == f"/s/security/api/actions/connector/{CONNECTOR_ID}"
+    assert kibana.connector(CONNECTOR_ID, "security") is not None
+    assert kibana.connector(CONNECTOR_ID, "default") is None
+    with pytest.raises(KibanaApiError, match=r"404.*space 'nowhere' exists"):
+        provider.create(props(kibana.url, space="nowhere"))
+
+
+def test_create_adopts_the_connector_of_a_lost_state(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    provider.create(props(kibana.url, name="from an interrupted run"))
+    provider.create(props(kibana.url))
+    stored = kibana.connector(CONNECTOR_ID)
+    assert stored is not None
+    assert stored["name"] == f"vLLM - {MODEL}"
+    assert len(kibana.connectors) == 1
+
+
+def test_update_puts_back_a_connector_deleted_outside_pulumi(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    state = props(kibana.url)
+    provider.create(state)
+    kibana.connectors.clear()
+    provider.update(CONNECTOR_ID, state, props(kibana.url, name="renamed"))
+    stored = kibana.connector(CONNECTOR_ID)
+    assert stored is not None
+    assert stored["name"] == "renamed"
+
+
+# ------------------------------------------------------------------------------------------------
+# Kibana's rules, and the messages the provider gives when they are broken
+
+
+def test_stand_in_requires_kbn_xsrf(kibana: StandInKibana) -> None:
+    response = httpx.post(
+        f"{kibana.url}/api/actions/connector/{CONNECTOR_ID}",
+        headers={"Authorization": f"ApiKey {KIBANA_KEY}"},
+        json={"name": "x", "connector_type_id": ".gen-ai", "config": {}, "secrets": {}},
+    )
+    assert response.status_code == 400
+    assert response.json()["message"] == "Request must contain a kbn-xsrf header."
+
+
+def test_wrong_kibana_key_names_the_setting(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    with pytest.raises(KibanaApiError, match=r"refused the API key \(401\).*kibanaApiKey") as error:
+        provider.create(props(kibana.url, kibana_api_key="d3Jvbmcta2V5"))
+    assert "d3Jvbmcta2V5" not in str(error.value)
+    assert_no_credentials(error.value)
+
+
+@pytest.mark.parametrize("key", [READ_ONLY_KEY, NO_ACCESS_KEY])
+def test_missing_privilege_names_it(
+    kibana: StandInKibana, provider: KibanaConnectorProvider, key: str
+) -> None:
+    with pytest.raises(KibanaApiError, match=r"403.*Actions and Connectors: All") as error:
+        provider.create(props(kibana.url, kibana_api_key=key))
+    assert_no_credentials(error.value)
+
+
+def test_schema_violations_pass_kibanas_message(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    unknown_key = {**connector_config("https://h/v1/chat/completions", MODEL, False), "foo": 1}
+    with pytest.raises(KibanaApiError, match=r"400.*\[foo\]: definition for this key is missing"):
+        provider.create(props(kibana.url, config=unknown_key))
+    no_model = {"apiProvider": "Other", "apiUrl": "https://h/v1/chat/completions"}
+    with pytest.raises(KibanaApiError, match=r"400.*\[defaultModel\]"):
+        provider.create(props(kibana.url, config=no_model))
+    with pytest.raises(KibanaApiError, match=r"400.*UUID"):
+        provider.create(props(kibana.url, connector_id="vllm-connector"))
+    assert kibana.connectors == {}
+
+
+def test_native_function_calling_is_left_out_when_off_for_kibana_before_9_2(
+    provider: KibanaConnectorProvider,
+) -> None:
+    with StandInKibana(keys=KEYS, native_function_calling=False) as old_kibana:
+        url = "https://h/v1/chat/completions"
+        provider.create(props(old_kibana.url, config=connector_config(url, MODEL, False)))
+        assert old_kibana.connector(CONNECTOR_ID) is not None
+        old_kibana.connectors.clear()
+        with pytest.raises(KibanaApiError, match="enableNativeFunctionCalling"):
+            provider.create(props(old_kibana.url, config=connector_config(url, MODEL, True)))
+
+
+def test_connector_ids_are_stable_uuid_v4() -> None:
+    first = connector_id_for("org", "vllm-gcp", "prod", "https://kb", "default", "vllm")
+    assert first == connector_id_for("org", "vllm-gcp", "prod", "https://kb", "default", "vllm")
+    assert first != connector_id_for("org", "vllm-gcp", "prod", "https://kb", "security", "vllm")
+    assert first != connector_id_for("org", "vllm-gcp", "dev", "https://kb", "default", "vllm")
+    assert first[14] == "4"
+    assert first[19] in "89ab"
+
+
+def test_kibana_that_stalls_times_out_with_a_clear_message(
+    kibana: StandInKibana,
+) -> None:
+    kibana.stall_seconds = 5
+    quick = KibanaConnectorProvider(request_timeout=0.3, verify_attempts=1)
+    started = time.monotonic()
+    with pytest.raises(KibanaApiError, match=r"did not answer within 0.3 s while creating"):
+        quick.create(props(kibana.url))
+    assert time.monotonic() - started < 3
+
+
+def test_unreachable_kibana_is_named(provider: KibanaConnectorProvider) -> None:
+    with pytest.raises(KibanaApiError, match=r"Cannot connect to Kibana.*elastic\.kibanaUrl"):
+        provider.create(props(f"http://127.0.0.1:{closed_port()}"))
+
+
+def test_untrusted_kibana_certificate_is_named_as_tls(
+    pki: Pki, provider: KibanaConnectorProvider
+) -> None:
+    with StandInKibana(keys=KEYS, tls=(pki.server_pem, pki.server_key_pem)) as tls_kibana:
+        with pytest.raises(KibanaApiError, match=r"TLS with Kibana.*SSL_CERT_FILE") as error:
+            provider.create(props(tls_kibana.url))
+        assert_no_credentials(error.value)
+
+
+def test_messages_redact_credentials() -> None:
+    client = KibanaClient("https://kb", "default", KIBANA_KEY, redact=(ENDPOINT_KEY,))
+    text = client.redacted(f"echoed {KIBANA_KEY} and {ENDPOINT_KEY}")
+    assert text == "echoed [redacted] and [redacted]"
+    assert KIBANA_KEY not in repr(client)
+
+
+# ------------------------------------------------------------------------------------------------
+# Verification: Kibana runs the connector once against the endpoint
+
+
+def test_verify_runs_the_test_sub_action_through_kibana(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    with FakeEndpoint(ENDPOINT_KEY) as endpoint:
+        config = connector_config(endpoint.chat_url, MODEL, True)
+        provider.create(props(kibana.url, config=config, verify=True))
+        execute = kibana.requests[-1]
+        assert execute.path == f"/api/actions/connector/{CONNECTOR_ID}/_execute"
+        assert execute.body["params"]["subAction"] == "test"
+        assert isinstance(execute.body["params"]["subActionParams"]["body"], str)
+        assert endpoint.received[-1]["authorized"] is True
+        assert endpoint.received[-1]["body"]["model"] == MODEL
+        assert kibana.connector(CONNECTOR_ID) is not None
+        # An update verifies again.
+        provider.update(
+            CONNECTOR_ID, props(kibana.url), props(kibana.url, config=config, verify=True)
+        )
+        assert len(endpoint.received) == 2
+
+
+def test_verify_failure_on_create_leaves_no_connector(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    with FakeEndpoint("the-real-token") as endpoint:
+        config = connector_config(endpoint.chat_url, MODEL, True)
+        with pytest.raises(KibanaApiError) as error:
+            provider.create(props(kibana.url, config=config, verify=True))
+    message = str(error.value)
+    assert "Status code: 401" in message
+    assert "stack output `apiKey`" in message
+    assert "elastic.verify" in message
+    assert_no_credentials(error.value)
+    assert kibana.connector(CONNECTOR_ID) is None
+
+
+def test_verify_failure_for_an_untrusted_endpoint_points_at_kibana_settings(
+    pki: Pki, provider: KibanaConnectorProvider
+) -> None:
+    with (
+        FakeEndpoint(ENDPOINT_KEY, tls=(pki.server_pem, pki.server_key_pem)) as endpoint,
+        StandInKibana(keys=KEYS) as untrusting,
+    ):
+        config = connector_config(endpoint.chat_url, MODEL, True)
+        with pytest.raises(KibanaApiError, match=r"(?s)UNABLE_TO_VERIFY.*kibanaSettings"):
+            provider.create(props(untrusting.url, config=config, verify=True))
+        assert endpoint.received == []
+        # With the CA in customHostSettings (what `kibanaSettings` adds), the same create passes.
+        with StandInKibana(keys=KEYS, upstream_ca=pki.ca_pem) as trusting:
+            provider.create(props(trusting.url, config=config, verify=True))
+            assert trusting.connector(CONNECTOR_ID) is not None
+        assert endpoint.received[-1]["authorized"] is True
+
+
+def test_verify_failure_for_an_unreachable_endpoint_retries_then_hints_firewall(
+    kibana: StandInKibana,
+) -> None:
+    retrying = KibanaConnectorProvider(request_timeout=3, verify_attempts=2, verify_retry_delay=0)
+    config = connector_config(f"https://127.0.0.1:{closed_port()}/v1/chat/completions", MODEL, True)
+    with pytest.raises(KibanaApiError, match=r"(?s)ECONNREFUSED.*apiCidrs"):
+        retrying.create(props(kibana.url, config=config, verify=True))
+    executes = [r for r in kibana.requests if r.path.endswith("/_execute")]
+    assert len(executes) == 2
+
+
+def test_verify_failure_on_update_fails_the_update(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    provider.create(props(kibana.url))
+    config = connector_config(f"http://127.0.0.1:{closed_port()}/v1/chat/completions", MODEL, True)
+    with pytest.raises(KibanaApiError, match="could not run connector"):
+        provider.update(
+            CONNECTOR_ID, props(kibana.url), props(kibana.url, config=config, verify=True)
+        )
+    assert kibana.connector(CONNECTOR_ID) is not None
+
+
+def test_hints_follow_kibanas_words() -> None:
+    assert "kibanaSettings" in verification_hint("SELF_SIGNED_CERT_IN_CHAIN - self-signed")
+    assert "apiCidrs" in verification_hint("ETIMEDOUT - connect ETIMEDOUT 203.0.113.10:443")
+    assert "`apiKey`" in verification_hint("Status code: 401. Message: Unauthorized API Error")
+    generic = verification_hint("something else")
+    assert "kibanaSettings" in generic
+    assert "apiCidrs" in generic
+
+
+# ------------------------------------------------------------------------------------------------
+# The provider as Pulumi stores it
+
+
+def test_provider_round_trips_through_its_serialized_form() -> None:
+    serialized = serialize_provider(KibanaConnectorProvider(request_timeout=7))
+    assert KIBANA_KEY not in base64.b64decode(serialized).decode("latin-1")
+    # The dynamic provider process runs in the project directory; it must load the provider there.
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import base64, sys, dill; "
+            "p = dill.loads(base64.b64decode(sys.stdin.read())); "
+            "print(type(p).__name__, p.request_timeout)",
+        ],
+        input=serialized,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+    assert loaded.stdout.split() == ["KibanaConnectorProvider", "7"]
