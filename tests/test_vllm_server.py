@@ -1,0 +1,410 @@
+"""The VllmServer component under Pulumi mocks: the four remote steps and what they carry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi_command import remote
+
+from components import host_paths
+from components import vllm_server as vllm
+from components.config import ModelConfig
+from components.vllm_server import VllmServer, VllmServerArgs
+from tests.harness import (
+    MOCK_API_KEY,
+    MOCK_HF_TOKEN,
+    MOCK_SSH_PRIVATE_KEY,
+    RecordingMocks,
+    Registered,
+    is_secret_value,
+    plain_strings,
+)
+
+MISTRAL = "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
+STEPS = ("vllm-host-ready", "vllm-secrets", "vllm-run", "vllm-serving")
+COMMAND = "command:remote:Command"
+
+
+class Built:
+    def __init__(self, resources: list[Registered], api_key_secret: bool) -> None:
+        self.resources = resources
+        self.api_key_secret = api_key_secret
+
+    def step(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"{name}: {[r.name for r in self.resources]}"
+        return found[0]
+
+    @property
+    def unit(self) -> str:
+        return self.step("vllm-run").plain["stdin"]
+
+    def unit_argv(self) -> list[str]:
+        """The ExecStart line of the unit, read back the way systemd splits it."""
+        text = self.unit.replace("\\\n", "")
+        line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+        return systemd_split(line.removeprefix("ExecStart="))
+
+    def vllm_argv(self) -> list[str]:
+        """What runs in the container: the entrypoint, then everything after the image."""
+        argv = self.unit_argv()
+        entrypoint = argv[argv.index("--entrypoint") + 1]
+        return [entrypoint, *argv[argv.index("--entrypoint") + 3 :]]
+
+
+def build(
+    model: ModelConfig,
+    *,
+    tensor_parallel_size: int = 2,
+    hugging_face_token: str | None = None,
+    image: str | None = None,
+    registry_host: str | None = None,
+) -> Built:
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack="test", preview=False)
+    secret_flags: list[bool] = []
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[Any]:
+        server = VllmServer(
+            "vllm",
+            VllmServerArgs(
+                model=model,
+                tensor_parallel_size=tensor_parallel_size,
+                connection=remote.ConnectionArgs(
+                    host="203.0.113.10",
+                    user="vllm",
+                    private_key=pulumi.Output.secret(MOCK_SSH_PRIVATE_KEY),
+                ),
+                instance_id="1234567890",
+                hugging_face_token=(
+                    None if hugging_face_token is None else pulumi.Output.secret(hugging_face_token)
+                ),
+                image=image,
+                registry_host=registry_host,
+            ),
+        )
+        assert isinstance(server.host_ready, remote.Command)
+        assert isinstance(server.serving, remote.Command)
+
+        async def collect() -> None:
+            secret_flags.append(await server.api_key.is_secret())
+
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    program()
+    resources = [r for r in mocks.resources if r.type != "pulumi:pulumi:Stack"]
+    return Built(resources, secret_flags == [True])
+
+
+def systemd_split(line: str) -> list[str]:
+    """systemd's reading of a command line (systemd.service, "COMMAND LINES"): words split on
+    blanks, double quotes group, C escapes inside quotes, %% and $$ stand for % and $."""
+    words: list[str] = []
+    index = 0
+    escapes = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
+    while index < len(line):
+        if line[index] == " ":
+            index += 1
+            continue
+        word = ""
+        quoted = False
+        while index < len(line) and (quoted or line[index] != " "):
+            char = line[index]
+            if char == '"':
+                quoted = not quoted
+            elif char == "\\" and quoted:
+                index += 1
+                word += escapes[line[index]]
+            elif char in "%$" and line[index + 1 : index + 2] == char:
+                index += 1
+                word += char
+            else:
+                assert char not in "%$", f"unescaped {char} in {line!r}"
+                word += char
+            index += 1
+        words.append(word)
+    return words
+
+
+def flag_value(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+# ------------------------------------------------------------------------------------------------
+# The prod reference: Mistral Small 3.2 on 2 x A100 80GB
+
+
+@pytest.fixture(scope="module")
+def prod() -> Built:
+    return build(ModelConfig(), hugging_face_token=MOCK_HF_TOKEN)
+
+
+def test_four_remote_steps_each_triggered_by_the_instance(prod: Built) -> None:
+    for name in STEPS:
+        step = prod.step(name)
+        assert step.type == COMMAND
+        assert step.plain["triggers"][0] == "1234567890"
+        assert step.plain["create"] == step.plain["update"]  # re-runs in place, never replaced
+        assert "delete" not in step.plain  # the VM goes with the stack
+    component = [r for r in prod.resources if r.type == "vllm-gcp:vllm_server:VllmServer"]
+    assert [r.name for r in component] == ["vllm"]
+
+
+def test_the_container_runs_mistral_with_tp2_tool_calling_and_loopback_only(prod: Built) -> None:
+    argv = prod.unit_argv()
+    assert argv[:2] == ["/usr/bin/docker", "run"]
+    assert flag_value(argv, "--gpus") == "all"
+    assert "--ipc=host" in argv
+    publishes = [argv[i + 1] for i, a in enumerate(argv) if a in ("--publish", "-p")]
+    assert publishes == [f"127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}:8000"]
+    assert flag_value(argv, "--env-file") == host_paths.SECRETS_ENV_FILE
+    volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+    assert f"{host_paths.CACHE_DIR}/huggingface:/root/.cache/huggingface" in volumes
+    assert f"{host_paths.CACHE_DIR}/vllm:/root/.cache/vllm" in volumes
+
+    served = prod.vllm_argv()
+    assert served[:3] == ["vllm", "serve", MISTRAL]
+    assert flag_value(served, "--host") == "0.0.0.0"
+    assert flag_value(served, "--port") == "8000"
+    assert flag_value(served, "--served-model-name") == MISTRAL
+    assert flag_value(served, "--tensor-parallel-size") == "2"
+    assert flag_value(served, "--gpu-memory-utilization") == "0.9"
+    assert flag_value(served, "--tokenizer-mode") == "mistral"
+    assert flag_value(served, "--config-format") == "mistral"
+    assert flag_value(served, "--load-format") == "mistral"
+    assert "--enable-auto-tool-choice" in served
+    assert flag_value(served, "--tool-call-parser") == "mistral"
+    assert "--api-key" not in served  # vLLM reads VLLM_API_KEY from the env file
+    assert "--disable-log-requests" not in served  # removed in v0.12; off by default there
+    assert "--revision" not in served
+    assert "--max-model-len" not in served
+
+
+def test_unit_runs_under_systemd_and_survives_crashes_and_reboots(prod: Built) -> None:
+    unit = prod.unit
+    assert "Restart=always" in unit
+    assert "WantedBy=multi-user.target" in unit
+    assert "Requires=docker.service" in unit
+    assert f"ExecStartPre=-/usr/bin/docker rm --force {vllm.CONTAINER_NAME}" in unit
+    assert "ExecStartPre=-/usr/bin/docker pull vllm/vllm-openai:v0.32.0" in unit
+    run_script = prod.step("vllm-run").plain["create"]
+    assert "docker pull" in run_script
+    assert "systemctl restart" in run_script
+
+
+def test_the_key_and_token_are_only_in_secret_inputs(prod: Built) -> None:
+    assert prod.api_key_secret
+    for resource in prod.resources:
+        for text in plain_strings(resource.inputs):
+            assert MOCK_API_KEY not in text, f"{resource.name} carries the key in the clear"
+            assert MOCK_HF_TOKEN not in text, f"{resource.name} carries the token in the clear"
+    secrets = prod.step("vllm-secrets")
+    assert is_secret_value(secrets.inputs["stdin"])
+    assert secrets.plain["stdin"] == f"VLLM_API_KEY={MOCK_API_KEY}\nHF_TOKEN={MOCK_HF_TOKEN}\n"
+    assert secrets.plain["logging"] == "none"
+    assert MOCK_API_KEY not in secrets.plain["create"]
+    # The run step restarts the container on a key change through a secret trigger.
+    assert is_secret_value(prod.step("vllm-run").inputs["triggers"])
+
+
+def test_the_serving_wait_reads_the_key_from_the_root_only_file(prod: Built) -> None:
+    script = prod.step("vllm-serving").plain["create"]
+    assert "--header @<(authorization_header)" in script
+    assert host_paths.SECRETS_ENV_FILE in script
+    assert f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/v1/models" in script
+    assert f"readonly SERVED_MODEL_NAME='{MISTRAL}'" in script
+
+
+def test_huggingface_goes_offline_once_this_configuration_has_served(prod: Built) -> None:
+    argv = prod.unit_argv()
+    assert "HF_HUB_OFFLINE" in [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    marker_lines = [x for x in prod.unit.splitlines() if x.startswith("EnvironmentFile=-")]
+    assert len(marker_lines) == 1
+    marker = marker_lines[0].removeprefix("EnvironmentFile=-")
+    assert marker.startswith(f"{vllm.OFFLINE_MARKER_DIR}/served-")
+    assert f"readonly OFFLINE_MARKER='{marker}'" in prod.step("vllm-serving").plain["create"]
+
+
+def test_two_builds_of_the_same_configuration_are_identical() -> None:
+    first = build(ModelConfig(), hugging_face_token=MOCK_HF_TOKEN)
+    second = build(ModelConfig(), hugging_face_token=MOCK_HF_TOKEN)
+    assert json.dumps([(r.type, r.name, r.inputs) for r in first.resources], sort_keys=True) == (
+        json.dumps([(r.type, r.name, r.inputs) for r in second.resources], sort_keys=True)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Update semantics
+
+
+def test_a_model_change_alters_only_the_run_and_serving_steps(prod: Built) -> None:
+    changed = build(
+        ModelConfig(id="Qwen/Qwen2.5-32B-Instruct", max_model_len=32768),
+        hugging_face_token=MOCK_HF_TOKEN,
+    )
+    for name in ("vllm-host-ready", "vllm-secrets", "vllm-api-key"):
+        assert changed.step(name).inputs == prod.step(name).inputs, name
+    for name in ("vllm-run", "vllm-serving"):
+        assert changed.step(name).inputs != prod.step(name).inputs, name
+    assert changed.step("vllm-run").inputs["triggers"] == prod.step("vllm-run").inputs["triggers"]
+    served = changed.vllm_argv()
+    assert served[:3] == ["vllm", "serve", "Qwen/Qwen2.5-32B-Instruct"]
+    assert flag_value(served, "--tool-call-parser") == "hermes"
+    assert flag_value(served, "--max-model-len") == "32768"
+    assert "--tokenizer-mode" not in served
+    assert not [r for r in changed.resources if r.type.startswith("gcp:")]  # no VM here at all
+
+
+def test_a_flag_change_gets_a_new_offline_marker(prod: Built) -> None:
+    changed = build(ModelConfig(gpu_memory_utilization=0.85), hugging_face_token=MOCK_HF_TOKEN)
+    markers = [
+        next(x for x in built.unit.splitlines() if x.startswith("EnvironmentFile="))
+        for built in (prod, changed)
+    ]
+    assert markers[0] != markers[1]
+
+
+def test_a_secret_change_reruns_secrets_run_and_serving(prod: Built) -> None:
+    changed = build(ModelConfig(), hugging_face_token="hf_anothertoken987654321")
+    assert changed.step("vllm-host-ready").inputs == prod.step("vllm-host-ready").inputs
+    assert changed.step("vllm-secrets").plain["stdin"] != prod.step("vllm-secrets").plain["stdin"]
+    assert changed.step("vllm-run").plain["stdin"] == prod.step("vllm-run").plain["stdin"]
+    for name in ("vllm-run", "vllm-serving"):
+        assert changed.step(name).plain["triggers"] != prod.step(name).plain["triggers"], name
+
+
+# ------------------------------------------------------------------------------------------------
+# Image versions
+
+
+def test_a_v0_9_1_image_starts_the_openai_server_module() -> None:
+    built = build(ModelConfig(image="vllm/vllm-openai:v0.9.1"))
+    argv = built.unit_argv()
+    assert flag_value(argv, "--entrypoint") == "python3"
+    served = built.vllm_argv()
+    assert served[:5] == ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", MISTRAL]
+    assert "serve" not in served
+    assert "--disable-log-requests" in served  # still a flag there: keeps prompts out of logs
+
+
+@pytest.mark.parametrize(
+    ("image", "entrypoint", "log_flag"),
+    [
+        ("vllm/vllm-openai:v0.9.2", "python3", True),
+        ("vllm/vllm-openai:v0.10.0", "vllm", True),
+        ("vllm/vllm-openai:v0.11.2", "vllm", True),
+        ("vllm/vllm-openai:v0.12.0", "vllm", False),
+        ("vllm/vllm-openai@sha256:" + "a" * 64, "vllm", False),  # unknown release: current
+    ],
+)
+def test_entrypoint_and_removed_flags_follow_the_image_version(
+    image: str, entrypoint: str, log_flag: bool
+) -> None:
+    served = build(ModelConfig(image=image)).vllm_argv()
+    assert served[0] == entrypoint
+    assert ("--disable-log-requests" in served) is log_flag
+
+
+def test_extra_args_come_last_and_survive_systemd_quoting() -> None:
+    extra = [
+        "--override-generation-config",
+        '{"temperature": 0.15, "note": "50% off $HOME \\\\"}',
+        "--max-num-seqs=64",
+    ]
+    built = build(ModelConfig(revision="2506-pinned", extra_args=extra))
+    served = built.vllm_argv()
+    assert served[-3:] == extra
+    assert flag_value(served, "--revision") == "2506-pinned"
+
+
+def test_an_image_mirror_is_pulled_and_run_instead_of_docker_hub() -> None:
+    mirror = "us-central1-docker.pkg.dev/test-project/dockerhub/vllm/vllm-openai:v0.9.1"
+    built = build(ModelConfig(image="vllm/vllm-openai:v0.9.1"), image=mirror)
+    argv = built.unit_argv()
+    assert argv[argv.index("--entrypoint") + 2] == mirror
+    assert flag_value(argv, "--entrypoint") == "python3"  # the version still comes from model.image
+    assert f"ExecStartPre=-/usr/bin/docker pull {mirror}" in built.unit
+    assert f"readonly IMAGE='{mirror}'" in built.step("vllm-run").plain["create"]
+    images = {word for word in built.unit.split() if "vllm-openai" in word}
+    assert images == {mirror}
+    assert "registry-login" not in built.unit  # no host given: nothing to log in to
+
+
+def test_the_mirror_is_logged_in_to_before_each_pull() -> None:
+    mirror = "us-central1-docker.pkg.dev/test-project/dockerhub/vllm/vllm-openai:v0.32.0"
+    built = build(ModelConfig(), image=mirror, registry_host="us-central1-docker.pkg.dev")
+    lines = built.unit.splitlines()
+    login = f"ExecStartPre=-{vllm.REGISTRY_LOGIN_PATH} us-central1-docker.pkg.dev"
+    assert lines.index(login) + 1 == lines.index(f"ExecStartPre=-/usr/bin/docker pull {mirror}")
+    run_script = built.step("vllm-run").plain["create"]
+    assert "readonly REGISTRY_HOST='us-central1-docker.pkg.dev'" in run_script
+    assert "docker login --username oauth2accesstoken --password-stdin" in run_script
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights from Cloud Storage (issue 8)
+
+GCS_URI = "gs://my-weights-bucket/mistral-small-3.2"
+
+
+def test_gcs_weights_stream_on_current_images_and_never_contact_huggingface() -> None:
+    built = build(ModelConfig(source="gcs", gcs_uri=GCS_URI, revision="ignored-for-gcs"))
+    served = built.vllm_argv()
+    assert served[:3] == ["vllm", "serve", GCS_URI]
+    assert flag_value(served, "--load-format") == "runai_streamer"
+    assert served.count("--load-format") == 1  # Mistral's own loader cannot stream
+    assert flag_value(served, "--tokenizer-mode") == "mistral"
+    assert "--revision" not in served
+    argv = built.unit_argv()
+    assert "HF_HUB_OFFLINE=1" in [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert "EnvironmentFile=" not in built.unit
+    assert "gcloud" not in built.unit
+    assert "readonly OFFLINE_MARKER=''" in built.step("vllm-serving").plain["create"]
+
+
+def test_gcs_weights_are_copied_to_the_cache_for_older_images() -> None:
+    built = build(ModelConfig(image="vllm/vllm-openai:v0.11.0", source="gcs", gcs_uri=GCS_URI))
+    copy = next(x for x in built.unit.splitlines() if "gcloud" in x)
+    target = copy.split()[-1]
+    assert target.startswith(f"{vllm.GCS_WEIGHTS_DIR}/")
+    assert copy.split()[-2] == GCS_URI
+    assert "storage rsync --recursive" in copy
+    argv = built.unit_argv()
+    volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+    assert f"{target}:{vllm.CONTAINER_GCS_WEIGHTS}:ro" in volumes
+    served = built.vllm_argv()
+    assert served[:3] == ["vllm", "serve", vllm.CONTAINER_GCS_WEIGHTS]
+    assert flag_value(served, "--load-format") == "mistral"
+    assert "HF_HUB_OFFLINE=1" in argv
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["plain", "with space", 'quote"d', "back\\slash", "50%", "$HOME", "${X}", "tab\there", "a\nb"],
+)
+def test_systemd_quote_round_trips(argument: str) -> None:
+    assert systemd_split(vllm.systemd_quote(argument)) == [argument]
+
+
+def test_scripts_escape_single_quotes_in_values() -> None:
+    script = vllm.render_script(
+        "wait_serving.sh",
+        {
+            "SERVICE_NAME": "vllm.service",
+            "MODELS_URL": "http://127.0.0.1:8000/v1/models",
+            "SERVED_MODEL_NAME": "it's",
+            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
+            "OFFLINE_MARKER": "",
+            "TIMEOUT_SECONDS": "60",
+        },
+    )
+    assert "readonly SERVED_MODEL_NAME='it'\\''s'" in script
