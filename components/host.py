@@ -1,0 +1,288 @@
+"""The GPU host: its service account, SSH key and the VM that boots ready for vLLM.
+
+The VM takes no model, vLLM, TLS or access setting, so changing those never touches its inputs:
+the startup script (scripts/startup.sh) depends only on the machine type and the mirrors it is
+given, and the workload is configured over SSH by the later components.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_tls as tls
+
+from components import catalogue, host_paths, templates
+from components.config import HostConfig
+
+# A small CUDA image for the readiness check (`docker run --gpus all ... nvidia-smi`). CUDA 12.8
+# runs on both driver branches the Ubuntu accelerator images carry (570 and 580). Docker Hub,
+# so a Docker Hub remote repository can serve it to a private host.
+GPU_CHECK_IMAGE = "nvidia/cuda:12.8.1-base-ubuntu24.04"
+
+# Every machine type in the catalogue (A2, A3 High, G2) takes Balanced Persistent Disk as boot
+# disk ("Accelerator-optimized machine family", supported disk types); A3 Mega/Ultra, which
+# would need hyperdisk-balanced, are not in the catalogue.
+BOOT_DISK_TYPE = "pd-balanced"
+
+# Least privilege: the host writes its logs and metrics, nothing else project-wide. Access to
+# a mirror repository or a weights bucket is granted on that resource alone, elsewhere.
+HOST_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+
+_SAFE_RENDERED_VALUE = re.compile(r"^[A-Za-z0-9_./:@+=-]*$")
+# The hosts the startup script hands the VM's access token to: Artifact Registry only.
+_DOCKER_REGISTRY_HOST = re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev$")
+_APT_MIRROR_HOST = re.compile(r"^[a-z0-9-]+-apt\.pkg\.dev$")
+_ACCOUNT_ID_MAX = 30
+_ACCOUNT_ID_MIN = 6
+
+
+@dataclass(frozen=True)
+class AptMirror:
+    """Artifact Registry remote repositories for the Ubuntu archive (components/mirror.py)."""
+
+    host: str  # REGION-apt.pkg.dev
+    sources: pulumi.Input[str]  # deb822 sources text naming the repositories
+
+
+@dataclass(frozen=True)
+class GpuHostArgs:
+    host: HostConfig
+    zone: str
+    labels: dict[str, str]
+    subnetwork: pulumi.Input[str]
+    internal_address: pulumi.Input[str]
+    external_address: pulumi.Input[str] | None  # None in private exposure: no access config
+    network_tag: str
+    # Mirrors (components/mirror.py); the defaults use the internet. The readiness check's image
+    # is then the mirror's reference, pulled after logging Docker in to docker_registry_host.
+    gpu_check_image: str = GPU_CHECK_IMAGE
+    docker_registry_host: str | None = None
+    apt_mirror: AptMirror | None = None
+
+
+def service_account_id(name: str, stack: str) -> str:
+    """A valid account id (6-30 characters, [a-z][-a-z0-9]*[a-z0-9]) naming component and stack.
+
+    Too long a name keeps its start and gains a hash of the whole, so it stays unique per stack.
+    """
+    wanted = re.sub(r"[^a-z0-9-]+", "-", f"{name}-{stack}-host".lower()).strip("-")
+    if not wanted or not wanted[0].isalpha():
+        wanted = f"h-{wanted}"
+    if len(wanted) > _ACCOUNT_ID_MAX:
+        digest = hashlib.sha256(wanted.encode()).hexdigest()[:6]
+        wanted = f"{wanted[: _ACCOUNT_ID_MAX - len(digest) - 1].rstrip('-')}-{digest}"
+    return wanted.ljust(_ACCOUNT_ID_MIN, "0")
+
+
+def startup_script(
+    machine: catalogue.MachineSpec,
+    gpu_check_image: str = GPU_CHECK_IMAGE,
+    docker_registry_host: str | None = None,
+    apt_mirror_host: str | None = None,
+    apt_mirror_sources: str | None = None,
+) -> str:
+    """scripts/startup.sh for this machine (host properties and mirrors, never workload ones)."""
+    if docker_registry_host is not None and not _DOCKER_REGISTRY_HOST.match(docker_registry_host):
+        raise ValueError(f"{docker_registry_host!r} is not an Artifact Registry Docker host")
+    if (apt_mirror_host is None) != (apt_mirror_sources is None):
+        raise ValueError("an apt mirror needs both its host and its sources")
+    if apt_mirror_host is not None and not _APT_MIRROR_HOST.match(apt_mirror_host):
+        raise ValueError(f"{apt_mirror_host!r} is not an Artifact Registry apt host")
+    values = {
+        "GPU_COUNT": str(machine.gpu_count),
+        "DRIVER_BRANCH": str(catalogue.MIN_DRIVER_FOR_CUDA13),
+        "GPU_CHECK_IMAGE": gpu_check_image,
+        "DOCKER_REGISTRY_HOST": docker_registry_host or "",
+        "APT_SOURCES_MODE": "internet" if apt_mirror_host is None else "mirror",
+        "APT_MIRROR_HOST": apt_mirror_host or "",
+        # Base64: multi-line text travels as one plain word.
+        "APT_MIRROR_SOURCES_B64": base64.b64encode((apt_mirror_sources or "").encode()).decode(),
+        "STATE_DIR": host_paths.STATE_DIR,
+        "READY_MARKER": host_paths.READY_MARKER,
+        "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
+        "STARTUP_LOG": host_paths.STARTUP_LOG,
+        "CACHE_DIR": host_paths.CACHE_DIR,
+    }
+    for key, value in values.items():
+        # Values land inside double quotes in the script: nothing that could end or expand them.
+        if not _SAFE_RENDERED_VALUE.match(value):
+            raise ValueError(f"startup script value {key}={value!r} is not a plain word")
+    return templates.render("startup.sh", values)
+
+
+def _startup_script_input(machine: catalogue.MachineSpec, args: GpuHostArgs) -> pulumi.Input[str]:
+    if args.apt_mirror is None:
+        return startup_script(machine, args.gpu_check_image, args.docker_registry_host)
+    mirror_host = args.apt_mirror.host
+    return pulumi.Output.from_input(args.apt_mirror.sources).apply(
+        lambda sources: startup_script(
+            machine, args.gpu_check_image, args.docker_registry_host, mirror_host, sources
+        )
+    )
+
+
+def _scheduling(provisioning: str) -> gcp.compute.InstanceSchedulingArgs:
+    # GPU VMs cannot live-migrate: host maintenance must stop them (compute/docs/gpus).
+    if provisioning == "spot":
+        return gcp.compute.InstanceSchedulingArgs(
+            on_host_maintenance="TERMINATE",
+            provisioning_model="SPOT",
+            preemptible=True,
+            automatic_restart=False,
+            # Stop, not delete, on preemption: the boot disk and the stack's state survive.
+            instance_termination_action="STOP",
+        )
+    return gcp.compute.InstanceSchedulingArgs(
+        on_host_maintenance="TERMINATE",
+        provisioning_model="STANDARD",
+        preemptible=False,
+        automatic_restart=True,
+    )
+
+
+class GpuHost(pulumi.ComponentResource):
+    """Service account, SSH key and the GPU VM."""
+
+    instance_name: pulumi.Output[str]
+    instance_id: pulumi.Output[str]
+    ssh_private_key: pulumi.Output[str]
+    service_account_email: pulumi.Output[str]
+    public_ip: pulumi.Output[str] | None
+    private_ip: pulumi.Output[str]
+    ssh_address: pulumi.Output[str]
+    endpoint_address: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: GpuHostArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("vllm-gcp:host:GpuHost", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        host = args.host
+        machine = host.machine
+
+        account = gcp.serviceaccount.Account(
+            f"{name}-host-sa",
+            account_id=service_account_id(name, pulumi.get_stack()),
+            display_name=f"vllm-gcp GPU host ({pulumi.get_stack()})",
+            opts=child,
+        )
+        for role in HOST_ROLES:
+            gcp.projects.IAMMember(
+                f"{name}-host-{role.split('/')[-1].replace('.', '-').lower()}",
+                project=account.project,
+                role=role,
+                member=account.member,
+                opts=child,
+            )
+        self.service_account_email = account.email
+
+        ssh_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
+        self.ssh_private_key = pulumi.Output.secret(ssh_key.private_key_openssh)
+        ssh_keys = ssh_key.public_key_openssh.apply(
+            lambda public: f"{host.ssh_user}:{public.strip()}"
+        )
+
+        access_configs = None
+        if args.external_address is not None:
+            access_configs = [
+                gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(
+                    nat_ip=args.external_address, network_tier="PREMIUM"
+                )
+            ]
+
+        # Bundled local SSDs (A2 Ultra, A3) are attached by the machine type, and the provider
+        # cannot stop such a VM for an in-place update (terraform-provider-google#26173): a change
+        # of machine type or provisioning replaces it there. Elsewhere they update in place.
+        replace_on = ["machineType", "scheduling"] if machine.local_ssd_count else []
+        instance = gcp.compute.Instance(
+            f"{name}-host",
+            zone=args.zone,
+            machine_type=machine.name,
+            boot_disk=gcp.compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
+                    image=host.image,
+                    size=host.boot_disk_gb,
+                    type=BOOT_DISK_TYPE,
+                ),
+            ),
+            network_interfaces=[
+                gcp.compute.InstanceNetworkInterfaceArgs(
+                    subnetwork=args.subnetwork,
+                    network_ip=args.internal_address,
+                    access_configs=access_configs,
+                )
+            ],
+            scheduling=_scheduling(host.provisioning),
+            # Canonical's accelerator images load Canonical-signed NVIDIA modules
+            # (linux-restricted-modules), so Secure Boot stays on; the startup script's fallback
+            # installs the same signed modules through ubuntu-drivers.
+            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
+                enable_secure_boot=True,
+                enable_vtpm=True,
+                enable_integrity_monitoring=True,
+            ),
+            service_account=gcp.compute.InstanceServiceAccountArgs(
+                email=account.email,
+                # The account's IAM roles are the guard; scopes only narrow it further.
+                scopes=["cloud-platform"],
+            ),
+            tags=[args.network_tag],
+            labels=args.labels,
+            metadata={
+                # The metadata key (never metadata_startup_script, which forces a new VM):
+                # a changed script updates in place and runs at the next boot.
+                "startup-script": _startup_script_input(machine, args),
+                "ssh-keys": ssh_keys,
+                # The stack's own key must work, and no project-wide key may.
+                "enable-oslogin": "FALSE",
+                "block-project-ssh-keys": "TRUE",
+            },
+            allow_stopping_for_update=True,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # Its static IPs can belong to one VM at a time: a replacement goes first.
+                delete_before_replace=True,
+                replace_on_changes=replace_on,
+                # GCE lists bundled local SSDs as scratch disks the program never declares;
+                # without this every update would plan a replacement
+                # (terraform-provider-google#19648).
+                ignore_changes=["scratchDisks"],
+                custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m", delete="20m"),
+            ),
+        )
+
+        self.instance_name = instance.name
+        self.instance_id = instance.instance_id
+        interface = instance.network_interfaces[0]
+        self.private_ip = interface.network_ip
+        self.public_ip = None
+        if args.external_address is not None:
+            self.public_ip = interface.apply(_nat_ip)
+        self.ssh_address = self.public_ip if self.public_ip is not None else self.private_ip
+        self.endpoint_address = self.ssh_address
+
+        self.register_outputs(
+            {
+                "instanceName": self.instance_name,
+                "instanceId": self.instance_id,
+                "sshPrivateKey": self.ssh_private_key,
+                "serviceAccountEmail": self.service_account_email,
+                "publicIp": self.public_ip,
+                "privateIp": self.private_ip,
+                "sshAddress": self.ssh_address,
+                "endpointAddress": self.endpoint_address,
+            }
+        )
+
+
+def _nat_ip(interface: gcp.compute.outputs.InstanceNetworkInterface) -> str:
+    configs = interface.access_configs or []
+    if not configs or not configs[0].nat_ip:
+        raise ValueError("the instance has no external IP on its first network interface")
+    return configs[0].nat_ip

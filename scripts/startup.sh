@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# vllm-gcp GPU host startup script: GCE runs it as root at every boot (metadata "startup-script").
+#
+# Contract with the remote steps (paths from components/host_paths.py):
+#   READY_MARKER          written last, only when `nvidia-smi` lists all the machine's GPUs and
+#                         Docker runs a `--gpus all` container; removed first thing at every boot,
+#                         so its presence means "this boot's setup is complete". By then Docker
+#                         (with the NVIDIA runtime) and Nginx (enabled, no site) are running and
+#                         CACHE_DIR is mounted (on the local NVMe SSD where the machine has one).
+#   STARTUP_FAILED_MARKER written on any failure, holding the reason; no READY_MARKER then.
+#   STARTUP_LOG           this script's log, commands' output included. Its own lines also go to
+#                         the journal (`journalctl -t vllm-gcp-startup`) and to stderr, which
+#                         google_metadata_script_runner copies to the serial console.
+#
+# Idempotent: a second boot installs nothing and finishes in seconds. It installs only what is
+# missing: the NVIDIA driver only when `nvidia-smi` fails (the default image carries it), Docker
+# (Ubuntu's docker.io), NVIDIA's container toolkit, Nginx. It reboots only when a driver it just
+# installed cannot load without one, and at most once.
+#
+# Mirrors (components/mirror.py): with an apt mirror, the Ubuntu archive comes from Artifact
+# Registry (the image's own sources are moved aside; NVIDIA's repository, which no mirror
+# serves, is still added when the toolkit is missing). With a Docker registry host, Docker logs
+# in there before pulling the check image. Both authenticate with the VM's access token from
+# the metadata server, which is never logged nor put on a command line.
+#
+# Tests run it with stand-ins for the system commands and VLLM_GCP_ROOT prefixed to every path.
+set -Eeuo pipefail
+
+ROOT="${VLLM_GCP_ROOT:-}"
+readonly ROOT
+readonly GPU_COUNT="{{ GPU_COUNT }}"
+readonly DRIVER_BRANCH="{{ DRIVER_BRANCH }}"
+readonly GPU_CHECK_IMAGE="{{ GPU_CHECK_IMAGE }}"
+readonly DOCKER_REGISTRY_HOST="{{ DOCKER_REGISTRY_HOST }}"
+readonly APT_SOURCES_MODE="{{ APT_SOURCES_MODE }}"
+readonly APT_MIRROR_HOST="{{ APT_MIRROR_HOST }}"
+readonly APT_MIRROR_SOURCES_B64="{{ APT_MIRROR_SOURCES_B64 }}"
+readonly STATE_DIR="${ROOT}{{ STATE_DIR }}"
+readonly READY_MARKER="${ROOT}{{ READY_MARKER }}"
+readonly STARTUP_FAILED_MARKER="${ROOT}{{ STARTUP_FAILED_MARKER }}"
+readonly STARTUP_LOG="${ROOT}{{ STARTUP_LOG }}"
+readonly CACHE_DIR="${ROOT}{{ CACHE_DIR }}"
+readonly DRIVER_REBOOT_MARKER="${STATE_DIR}/driver-reboot-done"
+readonly LOCAL_SSD_GLOB="${ROOT}/dev/disk/by-id/google-local-nvme-ssd-*"
+readonly CACHE_ARRAY="${ROOT}/dev/md/vllm-cache"
+readonly DOCKER_DAEMON_CONFIG="${ROOT}/etc/docker/daemon.json"
+readonly NGINX_DEFAULT_SITE="${ROOT}/etc/nginx/sites-enabled/default"
+readonly APT_KEYRINGS="${ROOT}/etc/apt/keyrings"
+readonly APT_SOURCES="${ROOT}/etc/apt/sources.list.d"
+readonly APT_IMAGE_SOURCES=("${APT_SOURCES}/ubuntu.sources" "${ROOT}/etc/apt/sources.list")
+readonly APT_ASIDE_DIR="${STATE_DIR}/apt-sources-aside"
+readonly APT_MIRROR_SOURCES="${APT_SOURCES}/vllm-gcp-mirror.sources"
+readonly APT_MIRROR_AUTH="${ROOT}/etc/apt/auth.conf.d/vllm-gcp-mirror.conf"
+readonly METADATA_TOKEN_URL="http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+# NVIDIA container toolkit repository (docs.nvidia.com/datacenter/cloud-native/container-toolkit,
+# "Installing with Apt"); its list file is written here rather than downloaded.
+readonly NVIDIA_TOOLKIT_REPO="https://nvidia.github.io/libnvidia-container"
+readonly NVIDIA_TOOLKIT_KEYRING="/etc/apt/keyrings/nvidia-container-toolkit.gpg"
+readonly LOG_TAG="vllm-gcp-startup"
+readonly DOCKER_TIMEOUT_SECONDS=900
+# Downloads are retried for about ten minutes: mirror grants made alongside the VM take minutes
+# to propagate, and a first boot's network can be briefly flaky.
+readonly DOWNLOAD_ATTEMPTS=20
+readonly RETRY_SECONDS=30
+
+current_step="start"
+
+log() {
+  local line
+  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) ${LOG_TAG}: $*"
+  printf '%s\n' "$line" >>"$STARTUP_LOG"
+  printf '%s\n' "$line" >&2
+  logger -t "$LOG_TAG" -- "$*" || true
+}
+
+# Runs a command with its output in the log only, so the console shows just the steps.
+run() {
+  log "run: $*"
+  "$@" >>"$STARTUP_LOG" 2>&1
+}
+
+fail() {
+  trap - ERR
+  local reason="$1"
+  mkdir -p "$STATE_DIR"
+  rm -f "$READY_MARKER"
+  printf '%s\n' "$reason" >"$STARTUP_FAILED_MARKER"
+  log "FAILED: ${reason} (full log: ${STARTUP_LOG})"
+  exit 1
+}
+
+on_error() {
+  fail "step '${current_step}' failed at line $1 (exit $2): $3"
+}
+
+step() {
+  current_step="$1"
+  log "step: $1"
+}
+
+# Runs "$@" until it succeeds, DOWNLOAD_ATTEMPTS times at most.
+with_retries() {
+  local attempt
+  for ((attempt = 1; attempt <= DOWNLOAD_ATTEMPTS; attempt++)); do
+    if "$@"; then
+      return 0
+    fi
+    log "attempt ${attempt}/${DOWNLOAD_ATTEMPTS} failed; retrying in ${RETRY_SECONDS}s"
+    sleep "$RETRY_SECONDS"
+  done
+  return 1
+}
+
+begin_boot() {
+  mkdir -p "$STATE_DIR" "$(dirname "$STARTUP_LOG")"
+  chmod 0755 "$STATE_DIR"
+  # Markers describe this boot only: a remote step must never see the last boot's verdict.
+  rm -f "$READY_MARKER" "$STARTUP_FAILED_MARKER"
+  log "boot setup begins (expecting ${GPU_COUNT} GPU(s))"
+}
+
+# Prints the VM service account's access token, for a pipe or a variable only.
+metadata_token() {
+  local response token
+  response="$(curl -fsS --retry 5 --max-time 10 -H "Metadata-Flavor: Google" \
+    "$METADATA_TOKEN_URL")" || return 1
+  token="$(sed -n 's/.*"access_token"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$response")"
+  [[ -n "$token" ]] || return 1
+  printf '%s' "$token"
+}
+
+configure_apt_sources() {
+  step "apt-sources"
+  case "$APT_SOURCES_MODE" in
+    internet)
+      log "apt uses the image's own sources"
+      ;;
+    mirror)
+      mkdir -p "$APT_SOURCES" "$APT_ASIDE_DIR"
+      local source
+      for source in "${APT_IMAGE_SOURCES[@]}"; do
+        if [[ -f "$source" ]]; then
+          mv -f "$source" "${APT_ASIDE_DIR}/$(basename "$source")"
+          log "moved ${source} aside: the Ubuntu archive comes from ${APT_MIRROR_HOST}"
+        fi
+      done
+      base64 -d <<<"$APT_MIRROR_SOURCES_B64" >"${APT_MIRROR_SOURCES}.tmp"
+      mv -f "${APT_MIRROR_SOURCES}.tmp" "$APT_MIRROR_SOURCES"
+      ;;
+    *)
+      fail "apt sources mode '${APT_SOURCES_MODE}' is not supported"
+      ;;
+  esac
+}
+
+# apt's basic-auth credentials for the mirror: a fresh token (they last about an hour).
+refresh_apt_mirror_token() {
+  local token
+  token="$(metadata_token)" || return 1
+  mkdir -p "$(dirname "$APT_MIRROR_AUTH")"
+  (
+    umask 077
+    printf 'machine %s login oauth2accesstoken password %s\n' "$APT_MIRROR_HOST" "$token" \
+      >"$APT_MIRROR_AUTH"
+  )
+}
+
+apt_attempt() {
+  if [[ "$APT_SOURCES_MODE" == mirror ]]; then
+    refresh_apt_mirror_token || return 1
+  fi
+  run apt-get -q -o DPkg::Lock::Timeout=600 update &&
+    run apt-get -y -q -o DPkg::Lock::Timeout=600 install --no-install-recommends "$@"
+}
+
+apt_install() {
+  with_retries apt_attempt "$@" || fail "apt could not install: $*"
+}
+
+package_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+nvidia_smi_works() {
+  nvidia-smi >>"$STARTUP_LOG" 2>&1
+}
+
+ensure_nvidia_driver() {
+  step "nvidia-driver"
+  if nvidia_smi_works; then
+    rm -f "$DRIVER_REBOOT_MARKER"
+    log "NVIDIA driver present, nothing to install"
+    return
+  fi
+  if [[ -f "$DRIVER_REBOOT_MARKER" ]]; then
+    fail "nvidia-smi still fails after installing the driver and rebooting; see ${STARTUP_LOG}"
+  fi
+  log "nvidia-smi fails: installing the ${DRIVER_BRANCH}-server driver"
+  if ! package_installed ubuntu-drivers-common; then
+    apt_install ubuntu-drivers-common
+  fi
+  # Canonical's precompiled, signed kernel modules: they load under Secure Boot
+  # (ubuntu.com/server/docs/nvidia-drivers-installation); nvidia-smi comes with the utils.
+  run ubuntu-drivers install --gpgpu "nvidia:${DRIVER_BRANCH}-server"
+  apt_install "nvidia-utils-${DRIVER_BRANCH}-server"
+  if run modprobe nvidia && nvidia_smi_works; then
+    log "NVIDIA driver loaded without a reboot"
+    return
+  fi
+  touch "$DRIVER_REBOOT_MARKER"
+  log "the new driver needs a reboot; rebooting once, setup continues at the next boot"
+  run systemctl reboot
+  exit 0
+}
+
+add_nvidia_toolkit_repository() {
+  mkdir -p "$APT_KEYRINGS" "$APT_SOURCES"
+  curl -fsSL --retry 5 "${NVIDIA_TOOLKIT_REPO}/gpgkey" |
+    gpg --batch --yes --dearmor -o "${ROOT}${NVIDIA_TOOLKIT_KEYRING}"
+  # $(ARCH) is apt's own substitution, not the shell's.
+  # shellcheck disable=SC2016
+  printf 'deb [signed-by=%s] %s/stable/deb/$(ARCH) /\n' \
+    "$NVIDIA_TOOLKIT_KEYRING" "$NVIDIA_TOOLKIT_REPO" \
+    >"${APT_SOURCES}/nvidia-container-toolkit.list"
+}
+
+ensure_packages() {
+  step "packages"
+  local missing=()
+  local package
+  for package in docker.io nvidia-container-toolkit nginx; do
+    if ! package_installed "$package"; then
+      missing+=("$package")
+    fi
+  done
+  if ((${#missing[@]} == 0)); then
+    log "Docker, NVIDIA container toolkit and Nginx present, nothing to install"
+    return
+  fi
+  if [[ " ${missing[*]} " == *" nvidia-container-toolkit "* ]]; then
+    add_nvidia_toolkit_repository
+  fi
+  log "installing: ${missing[*]}"
+  apt_install "${missing[@]}"
+}
+
+configure_docker() {
+  step "docker"
+  if ! grep -qs '"nvidia"' "$DOCKER_DAEMON_CONFIG"; then
+    run nvidia-ctk runtime configure --runtime=docker --config="$DOCKER_DAEMON_CONFIG"
+    run systemctl enable docker
+    run systemctl restart docker
+  elif ! systemctl is-active --quiet docker; then
+    run systemctl enable --now docker
+  fi
+}
+
+configure_nginx() {
+  step "nginx"
+  # Nothing listens until the proxy step writes the site: the package's default site goes.
+  if [[ -e "$NGINX_DEFAULT_SITE" || -L "$NGINX_DEFAULT_SITE" ]]; then
+    rm -f "$NGINX_DEFAULT_SITE"
+    run systemctl enable nginx
+    run systemctl reload-or-restart nginx
+  elif ! systemctl is-active --quiet nginx; then
+    run systemctl enable --now nginx
+  fi
+}
+
+local_ssds() {
+  local devices=()
+  local device
+  for device in $LOCAL_SSD_GLOB; do
+    [[ -e "$device" ]] && devices+=("$device")
+  done
+  if ((${#devices[@]} > 0)); then
+    printf '%s\n' "${devices[@]}"
+  fi
+}
+
+# One device for the cache: the single SSD, or a RAID 0 across several (their throughput adds
+# up; the cache holds only what can be downloaded again).
+cache_device() {
+  local devices=("$@")
+  if ((${#devices[@]} == 1)); then
+    printf '%s\n' "${devices[0]}"
+    return
+  fi
+  # udev may still be assembling an array found at boot.
+  run udevadm settle
+  if [[ ! -e "$CACHE_ARRAY" ]]; then
+    if mdadm --examine "${devices[0]}" >>"$STARTUP_LOG" 2>&1; then
+      run mdadm --assemble "$CACHE_ARRAY" "${devices[@]}"
+    else
+      # Blank SSDs: first boot, or after a stop or preemption, which discards local SSD data.
+      run mdadm --create "$CACHE_ARRAY" --level=0 --raid-devices="${#devices[@]}" --run \
+        "${devices[@]}"
+    fi
+    run udevadm settle
+  fi
+  printf '%s\n' "$CACHE_ARRAY"
+}
+
+prepare_cache() {
+  step "cache-disk"
+  mkdir -p "$CACHE_DIR"
+  local devices=()
+  mapfile -t devices < <(local_ssds)
+  if ((${#devices[@]} == 0)); then
+    log "no local SSD: the model cache stays on the boot disk at ${CACHE_DIR}"
+    return
+  fi
+  if mountpoint -q "$CACHE_DIR"; then
+    log "model cache already mounted at ${CACHE_DIR}"
+    return
+  fi
+  local device
+  device="$(cache_device "${devices[@]}")"
+  if [[ -z "$(blkid -o value -s TYPE "$device" || true)" ]]; then
+    run mkfs.ext4 -F -q -m 0 -L vllm-cache "$device"
+  fi
+  # Mounted here at every boot rather than from fstab: the filesystem may first have to be
+  # recreated on SSDs that came back blank, and nothing should mount them before that.
+  run mount -o discard,noatime "$device" "$CACHE_DIR"
+  log "model cache on ${#devices[@]} local SSD(s) at ${CACHE_DIR}"
+}
+
+check_gpus() {
+  step "gpu-count"
+  local listed seen
+  listed="$(nvidia-smi --list-gpus 2>>"$STARTUP_LOG")" || fail "nvidia-smi --list-gpus failed"
+  seen="$(grep -c '^GPU ' <<<"$listed" || true)"
+  log "nvidia-smi lists ${seen} GPU(s)"
+  if ((seen != GPU_COUNT)); then
+    fail "nvidia-smi lists ${seen} GPU(s), the machine type has ${GPU_COUNT}"
+  fi
+}
+
+docker_login_to_mirror() {
+  local token
+  token="$(metadata_token)" || return 1
+  log "logging Docker in to ${DOCKER_REGISTRY_HOST} as the VM's service account"
+  printf '%s' "$token" |
+    docker login --username oauth2accesstoken --password-stdin \
+      "https://${DOCKER_REGISTRY_HOST}" >>"$STARTUP_LOG" 2>&1
+}
+
+pull_attempt() {
+  if [[ -n "$DOCKER_REGISTRY_HOST" ]]; then
+    docker_login_to_mirror || return 1
+  fi
+  run timeout "$DOCKER_TIMEOUT_SECONDS" docker pull "$GPU_CHECK_IMAGE"
+}
+
+check_gpu_container() {
+  step "gpu-container"
+  if ! docker image inspect "$GPU_CHECK_IMAGE" >/dev/null 2>&1; then
+    with_retries pull_attempt || fail "could not pull ${GPU_CHECK_IMAGE}"
+  fi
+  run timeout "$DOCKER_TIMEOUT_SECONDS" docker run --rm --gpus all "$GPU_CHECK_IMAGE" nvidia-smi ||
+    fail "a --gpus all container cannot run nvidia-smi"
+}
+
+mark_ready() {
+  step "ready"
+  local pending="${READY_MARKER}.tmp"
+  printf 'ready %s gpus=%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$GPU_COUNT" >"$pending"
+  mv -f "$pending" "$READY_MARKER"
+  log "host ready: ${READY_MARKER}"
+}
+
+main() {
+  export DEBIAN_FRONTEND=noninteractive
+  # Docker keeps registry credentials under HOME, which the script runner may not set.
+  export HOME="${HOME:-/root}"
+  begin_boot
+  trap 'on_error "$LINENO" "$?" "$BASH_COMMAND"' ERR
+  configure_apt_sources
+  ensure_nvidia_driver
+  ensure_packages
+  configure_docker
+  configure_nginx
+  prepare_cache
+  check_gpus
+  check_gpu_container
+  mark_ready
+}
+
+main "$@"

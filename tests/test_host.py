@@ -1,0 +1,308 @@
+"""The GpuHost component under Pulumi mocks, built with the Network from the real stack files."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from typing import Any
+
+import pulumi
+import pytest
+
+from components import config
+from components.host import (
+    GPU_CHECK_IMAGE,
+    HOST_ROLES,
+    AptMirror,
+    GpuHost,
+    GpuHostArgs,
+    service_account_id,
+)
+from components.network import Network, NetworkArgs
+from tests.harness import (
+    MOCK_PRIVATE_IP,
+    MOCK_PUBLIC_IP,
+    MOCK_SSH_PRIVATE_KEY,
+    RecordingMocks,
+    Registered,
+    stack_config,
+)
+
+INSTANCE = "gcp:compute/instance:Instance"
+IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
+ACCOUNT = "gcp:serviceaccount/account:Account"
+PRIVATE = {
+    "vllm-gcp:network": {"exposure": "private"},
+    "vllm-gcp:access": {"apiCidrs": ["10.0.0.0/8"], "sshCidrs": ["10.20.0.5/32"]},
+    "vllm-gcp:model": {"source": "gcs", "gcsUri": "gs://weights-bucket/mistral"},
+    "vllm-gcp:mirror": {"dockerRemote": True, "aptRemote": True},
+    "vllm-gcp:host": {"image": "projects/test-project/global/images/vllm-host-2404-nvidia-580"},
+}
+
+
+class Built:
+    def __init__(self, resources: list[Registered], outputs: dict[str, Any]) -> None:
+        self.resources = resources
+        self.outputs = outputs
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == typ]
+
+    @property
+    def instance(self) -> dict[str, Any]:
+        (found,) = self.of_type(INSTANCE)
+        return found.plain
+
+
+def build(stack: str, *overrides: dict[str, Any], **mirrors: Any) -> Built:
+    """Network and GpuHost as __main__.py wires them, from stacks/Pulumi.<stack>.yaml."""
+    stack_settings, _ = config.validate(stack_config(stack, *overrides), stack)
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack=stack, preview=False)
+    outputs: dict[str, Any] = {}
+
+    async def collect(host: GpuHost) -> None:
+        for key in ("instance_name", "instance_id", "ssh_private_key", "private_ip"):
+            output: pulumi.Output[str] = getattr(host, key)
+            outputs[key] = await output.future()
+            outputs[f"{key}_secret"] = await output.is_secret()
+        for key in ("ssh_address", "endpoint_address", "service_account_email"):
+            outputs[key] = await getattr(host, key).future()
+        outputs["public_ip"] = None if host.public_ip is None else await host.public_ip.future()
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[None]:
+        network = Network(
+            "vllm",
+            NetworkArgs(
+                network=stack_settings.network,
+                access=stack_settings.access,
+                tls_mode=stack_settings.tls.mode,
+                region=stack_settings.region,
+            ),
+        )
+        host = GpuHost(
+            "vllm",
+            GpuHostArgs(
+                host=stack_settings.host,
+                zone=stack_settings.zone,
+                labels=stack_settings.labels,
+                subnetwork=network.subnetwork,
+                internal_address=network.internal_address,
+                external_address=network.external_address,
+                network_tag=network.host_tag,
+                **mirrors,
+            ),
+        )
+        outputs["host_tag"] = network.host_tag
+        return pulumi.Output.from_input(asyncio.ensure_future(collect(host)))
+
+    program()
+    return Built(list(mocks.resources), outputs)
+
+
+@pytest.fixture(scope="module")
+def prod() -> Built:
+    return build("prod")
+
+
+@pytest.fixture(scope="module")
+def dev() -> Built:
+    return build("dev")
+
+
+def test_prod_plans_one_standard_a2_ultragpu_2g(prod: Built) -> None:
+    instance = prod.instance
+    assert instance["machineType"] == "a2-ultragpu-2g"
+    assert instance["zone"] == "us-central1-a"
+    assert instance["scheduling"] == {
+        "onHostMaintenance": "TERMINATE",
+        "provisioningModel": "STANDARD",
+        "preemptible": False,
+        "automaticRestart": True,
+    }
+    assert instance["allowStoppingForUpdate"] is True
+    # A2/A3/G2 attach their GPUs by machine type.
+    assert "guestAccelerators" not in instance
+
+
+def test_dev_plans_a_spot_g2_standard_8(dev: Built) -> None:
+    instance = dev.instance
+    assert instance["machineType"] == "g2-standard-8"
+    assert instance["scheduling"] == {
+        "onHostMaintenance": "TERMINATE",
+        "provisioningModel": "SPOT",
+        "preemptible": True,
+        "automaticRestart": False,
+        "instanceTerminationAction": "STOP",
+    }
+    assert instance["bootDisk"]["initializeParams"]["size"] == 150
+
+
+def test_boot_disk_is_the_gpu_ready_image_sized_from_config(prod: Built) -> None:
+    params = prod.instance["bootDisk"]["initializeParams"]
+    assert params == {
+        "image": (
+            "projects/ubuntu-os-accelerator-images/global/images/family/"
+            "ubuntu-accelerator-2404-amd64-with-nvidia-580"
+        ),
+        "size": 500,
+        "type": "pd-balanced",
+    }
+    assert prod.instance["bootDisk"]["autoDelete"] is True
+
+
+def test_shielded_vm_keeps_secure_boot_vtpm_and_integrity_monitoring(prod: Built) -> None:
+    assert prod.instance["shieldedInstanceConfig"] == {
+        "enableSecureBoot": True,
+        "enableVtpm": True,
+        "enableIntegrityMonitoring": True,
+    }
+
+
+def test_metadata_sets_the_startup_script_key_and_the_stack_ssh_key(prod: Built) -> None:
+    instance = prod.instance
+    assert "metadataStartupScript" not in instance
+    metadata = instance["metadata"]
+    assert set(metadata) == {
+        "startup-script",
+        "ssh-keys",
+        "enable-oslogin",
+        "block-project-ssh-keys",
+    }
+    assert metadata["startup-script"].startswith("#!/usr/bin/env bash\n")
+    assert 'GPU_COUNT="2"' in metadata["startup-script"]
+    assert metadata["ssh-keys"] == "vllm:ssh-ed25519 AAAAmockvllm-ssh-key"
+    assert metadata["enable-oslogin"] == "FALSE"
+    assert metadata["block-project-ssh-keys"] == "TRUE"
+
+
+def test_ssh_key_is_ed25519_and_its_private_half_a_secret(prod: Built) -> None:
+    (key,) = prod.of_type("tls:index/privateKey:PrivateKey")
+    assert key.plain == {"algorithm": "ED25519"}
+    assert prod.outputs["ssh_private_key"] == MOCK_SSH_PRIVATE_KEY
+    assert prod.outputs["ssh_private_key_secret"] is True
+    assert prod.outputs["instance_name_secret"] is False
+
+
+def test_the_host_runs_as_its_own_service_account_with_two_roles(prod: Built) -> None:
+    (account,) = prod.of_type(ACCOUNT)
+    account_id = account.plain["accountId"]
+    assert account_id == "vllm-prod-host"
+    email = f"{account_id}@test-project.iam.gserviceaccount.com"
+    assert prod.instance["serviceAccount"] == {"email": email, "scopes": ["cloud-platform"]}
+    assert not email.endswith("-compute@developer.gserviceaccount.com")
+    grants = sorted((m.plain["role"], m.plain["member"]) for m in prod.of_type(IAM_MEMBER))
+    assert grants == sorted((role, f"serviceAccount:{email}") for role in HOST_ROLES)
+    assert set(HOST_ROLES) == {"roles/logging.logWriter", "roles/monitoring.metricWriter"}
+    assert prod.outputs["service_account_email"] == email
+
+
+def test_network_interface_tags_and_labels(prod: Built) -> None:
+    instance = prod.instance
+    (interface,) = instance["networkInterfaces"]
+    assert interface["subnetwork"] == "https://compute/subnetworks/vllm-subnet"
+    assert interface["networkIp"] == MOCK_PRIVATE_IP
+    assert interface["accessConfigs"] == [{"natIp": MOCK_PUBLIC_IP, "networkTier": "PREMIUM"}]
+    assert instance["tags"] == [prod.outputs["host_tag"]] == ["vllm-prod-gpu-host"]
+    assert instance["labels"] == {"app": "vllm-gcp", "stack": "prod"}
+
+
+def test_public_host_is_reached_on_its_public_ip(prod: Built) -> None:
+    assert prod.outputs["public_ip"] == MOCK_PUBLIC_IP
+    assert prod.outputs["private_ip"] == MOCK_PRIVATE_IP
+    assert prod.outputs["ssh_address"] == MOCK_PUBLIC_IP
+    assert prod.outputs["endpoint_address"] == MOCK_PUBLIC_IP
+    assert prod.outputs["instance_id"] == "1234567890"
+
+
+def test_private_host_has_no_access_config_and_is_reached_inside() -> None:
+    private = build("prod", PRIVATE)
+    (interface,) = private.instance["networkInterfaces"]
+    assert "accessConfigs" not in interface
+    assert private.outputs["public_ip"] is None
+    assert private.outputs["ssh_address"] == MOCK_PRIVATE_IP
+    assert private.outputs["endpoint_address"] == MOCK_PRIVATE_IP
+    addresses = [r.plain["addressType"] for r in private.of_type("gcp:compute/address:Address")]
+    assert addresses == ["INTERNAL"]
+
+
+WORKLOAD_CHANGES: dict[str, dict[str, Any]] = {
+    "model": {
+        "vllm-gcp:model": {
+            "id": "Qwen/Qwen2.5-32B-Instruct",
+            "image": "vllm/vllm-openai:v0.33.0",
+            "maxModelLen": 16384,
+        }
+    },
+    "vllm flags": {
+        "vllm-gcp:model": {"gpuMemoryUtilization": 0.85, "extraArgs": ["--enable-prefix-caching"]}
+    },
+    "tls": {
+        "vllm-gcp:tls": {
+            "mode": "letsencrypt",
+            "domain": "llm.example.com",
+            "email": "o@example.com",
+        }
+    },
+    "apiCidrs": {
+        "vllm-gcp:access": {"apiCidrs": ["203.0.113.0/24"], "sshCidrs": ["198.51.100.7/32"]}
+    },
+}
+
+
+@pytest.mark.parametrize("change", sorted(WORKLOAD_CHANGES))
+def test_workload_settings_leave_every_instance_input_unchanged(prod: Built, change: str) -> None:
+    changed = build("prod", WORKLOAD_CHANGES[change])
+    (before,) = prod.of_type(INSTANCE)
+    (after,) = changed.of_type(INSTANCE)
+    assert after.inputs == before.inputs
+
+
+def test_a_machine_type_change_changes_the_instance() -> None:
+    other = build("prod", {"vllm-gcp:host": {"machineType": "a2-ultragpu-4g"}})
+    assert other.instance["machineType"] == "a2-ultragpu-4g"
+    assert 'GPU_COUNT="4"' in other.instance["metadata"]["startup-script"]
+
+
+@pytest.mark.parametrize(
+    ("name", "stack"),
+    [
+        ("vllm", "prod"),
+        ("vllm", "dev"),
+        ("vllm", "x"),
+        ("vllm", "Feature_Branch.With.A.Very.Long.Name-2026"),
+        ("9lives", "prod"),
+    ],
+)
+def test_service_account_ids_are_valid_and_distinct_per_stack(name: str, stack: str) -> None:
+    account_id = service_account_id(name, stack)
+    assert re.fullmatch(r"[a-z][-a-z0-9]{4,28}[a-z0-9]", account_id), account_id
+    assert account_id != service_account_id(name, f"{stack}-other")
+
+
+def test_mirrors_reach_the_startup_script_and_nothing_else() -> None:
+    sources = "Types: deb\nURIs: https://us-central1-apt.pkg.dev/remote/p/r\nSuites: noble\n"
+    mirrored_image = f"us-central1-docker.pkg.dev/p/vllm-prod-dockerhub/{GPU_CHECK_IMAGE}"
+    plain = build("prod", PRIVATE)
+    mirrored = build(
+        "prod",
+        PRIVATE,
+        gpu_check_image=mirrored_image,
+        docker_registry_host="us-central1-docker.pkg.dev",
+        # As the Mirror hands it over: an Output resolving once the repositories' grants exist.
+        apt_mirror=AptMirror("us-central1-apt.pkg.dev", pulumi.Output.from_input(sources)),
+    )
+    script = mirrored.instance["metadata"]["startup-script"]
+    assert 'APT_SOURCES_MODE="mirror"' in script
+    assert 'APT_MIRROR_HOST="us-central1-apt.pkg.dev"' in script
+    assert f'APT_MIRROR_SOURCES_B64="{base64.b64encode(sources.encode()).decode()}"' in script
+    assert 'DOCKER_REGISTRY_HOST="us-central1-docker.pkg.dev"' in script
+    assert f'GPU_CHECK_IMAGE="{mirrored_image}"' in script
+    assert 'APT_SOURCES_MODE="internet"' in plain.instance["metadata"]["startup-script"]
+    without_script = [
+        {**b.instance, "metadata": {**b.instance["metadata"], "startup-script": ""}}
+        for b in (plain, mirrored)
+    ]
+    assert without_script[0] == without_script[1]
