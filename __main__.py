@@ -7,13 +7,17 @@ import pulumi
 
 from components import config
 from components.elastic import ElasticIntegration, ElasticIntegrationArgs
-from components.host import GpuHost, GpuHostArgs
+from components.host import GPU_CHECK_IMAGE, AptMirror, GpuHost, GpuHostArgs
+from components.mirror import Mirror, MirrorArgs, mirror_layout
 from components.network import Network, NetworkArgs
 from components.remote_access import connection
 from components.tls_proxy import TlsProxy, TlsProxyArgs
 from components.vllm_server import VllmServer, VllmServerArgs
 
 stack = config.load()
+# The mirrors' names are known before they exist: the host's startup script needs them, and the
+# mirrors' read grants need the host's service account.
+mirrors = mirror_layout("vllm", stack.mirror, stack.project, stack.region)
 
 network = Network(
     "vllm",
@@ -34,6 +38,23 @@ host = GpuHost(
         internal_address=network.internal_address,
         external_address=network.external_address,
         network_tag=network.host_tag,
+        gpu_check_image=mirrors.image(GPU_CHECK_IMAGE),
+        docker_registry_host=mirrors.registry_host,
+        apt_mirror=(
+            AptMirror(mirrors.apt_host, mirrors.apt_repositories)
+            if mirrors.apt_host and mirrors.apt_repositories
+            else None
+        ),
+    ),
+)
+mirror = Mirror(
+    "vllm",
+    MirrorArgs(
+        mirror=stack.mirror,
+        model=stack.model,
+        project=stack.project,
+        region=stack.region,
+        service_account_email=host.service_account_email,
     ),
 )
 ssh = connection(
@@ -47,7 +68,11 @@ server = VllmServer(
         connection=ssh,
         instance_id=host.instance_id,
         hugging_face_token=stack.secrets.hugging_face_token,
+        image=mirror.vllm_image,
+        registry_host=mirror.registry_host,
     ),
+    # Weights in Cloud Storage and the mirrored image are readable only once the grants exist.
+    pulumi.ResourceOptions(depends_on=mirror.grants),
 )
 proxy = TlsProxy(
     "vllm",

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Installs the vllm-gcp Nginx site (and its certificate and key, where given) from stdin, checks
+# the result with `nginx -t` and reloads Nginx. A configuration that fails the check is rolled
+# back, so the running proxy stays as it was, and the step fails with nginx's message.
+#
+# stdin: one line per file, "<name> <base64 of the content>"; names: site (required),
+# certificate, private_key. Nothing read from stdin is echoed: the site holds the API token.
+# Runs as root (rendered by components/tls_proxy.py, run through sudo).
+set -euo pipefail
+umask 077
+
+readonly SITE_PATH="{{ SITE_PATH }}"
+readonly SITE_ENABLED_PATH="{{ SITE_ENABLED_PATH }}"
+readonly DEFAULT_SITE_ENABLED_PATH="{{ DEFAULT_SITE_ENABLED_PATH }}"
+readonly CERTIFICATE_PATH="{{ CERTIFICATE_PATH }}"
+readonly CERTIFICATE_KEY_PATH="{{ CERTIFICATE_KEY_PATH }}"
+readonly ACME_WEBROOT="{{ ACME_WEBROOT }}"
+
+STAGING_DIR="$(mktemp -d)"
+BACKUP_DIR="$(mktemp -d)"
+readonly STAGING_DIR BACKUP_DIR
+trap 'rm -rf -- "$STAGING_DIR" "$BACKUP_DIR"' EXIT
+
+log() {
+  echo "configure-proxy: $*" >&2
+}
+
+destination_of() {
+  case "$1" in
+    site) echo "$SITE_PATH" ;;
+    certificate) echo "$CERTIFICATE_PATH" ;;
+    private_key) echo "$CERTIFICATE_KEY_PATH" ;;
+    *) return 1 ;;
+  esac
+}
+
+read_files_from_stdin() {
+  local name payload
+  while read -r name payload || [[ -n "${name:-}" ]]; do
+    if [[ -z "$name" ]]; then
+      continue
+    fi
+    if ! destination_of "$name" >/dev/null; then
+      log "unknown file '$name' on stdin (expected site, certificate, private_key)"
+      exit 1
+    fi
+    if ! printf '%s' "$payload" | base64 --decode >"$STAGING_DIR/$name"; then
+      log "the $name on stdin is not valid base64"
+      exit 1
+    fi
+    name=""
+  done
+  if [[ ! -s "$STAGING_DIR/site" ]]; then
+    log "no site on stdin"
+    exit 1
+  fi
+}
+
+# Every path this step may change: the staged files' destinations and the enabled-site links.
+managed_paths() {
+  local staged
+  for staged in "$STAGING_DIR"/*; do
+    destination_of "$(basename "$staged")"
+  done
+  echo "$SITE_ENABLED_PATH"
+  echo "$DEFAULT_SITE_ENABLED_PATH"
+}
+
+backup_managed_paths() {
+  local path index=0
+  while read -r path; do
+    if [[ -e "$path" || -L "$path" ]]; then
+      cp -a -- "$path" "$BACKUP_DIR/$index"
+    fi
+    echo "$path" >"$BACKUP_DIR/$index.path"
+    index=$((index + 1))
+  done < <(managed_paths)
+}
+
+restore_managed_paths() {
+  local record path
+  for record in "$BACKUP_DIR"/*.path; do
+    path="$(cat "$record")"
+    rm -f -- "$path"
+    if [[ -e "${record%.path}" || -L "${record%.path}" ]]; then
+      cp -a -- "${record%.path}" "$path"
+    fi
+  done
+}
+
+install_staged_files() {
+  local staged destination
+  for staged in "$STAGING_DIR"/*; do
+    destination="$(destination_of "$(basename "$staged")")"
+    mkdir -p -- "$(dirname "$destination")"
+    install -m 0600 "$staged" "$destination"
+    log "installed $destination"
+  done
+  ln -sfn "$SITE_PATH" "$SITE_ENABLED_PATH"
+  # The distribution's default site also claims port 80 as the default server.
+  rm -f -- "$DEFAULT_SITE_ENABLED_PATH"
+  # Served by Nginx's workers: readable by all, unlike everything else this step writes.
+  (umask 022 && mkdir -p -- "$ACME_WEBROOT")
+}
+
+check_or_roll_back() {
+  local output
+  if output="$(nginx -t 2>&1)"; then
+    log "nginx -t: configuration is valid"
+    return 0
+  fi
+  restore_managed_paths
+  log "nginx -t rejected the new configuration; the previous one is back in place:"
+  echo "$output" >&2
+  exit 1
+}
+
+reload_nginx() {
+  systemctl enable --quiet nginx
+  systemctl reload-or-restart nginx
+  log "nginx reloaded with the vllm-gcp site"
+}
+
+main() {
+  read_files_from_stdin
+  backup_managed_paths
+  install_staged_files
+  check_or_roll_back
+  reload_nginx
+}
+
+main "$@"

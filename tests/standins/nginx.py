@@ -1,0 +1,273 @@
+"""The real Nginx (/usr/sbin/nginx) running the site the host gets, on loopback.
+
+The site is rendered by `components.tls_proxy.render_site`, the function the component uses;
+only the settings differ (paths in a temporary directory, free ports, the upstream's port), never
+the text. The certificate is issued for 127.0.0.1 and localhost by a test CA made here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from components.tls_proxy import SiteSettings, render_site
+
+__all__ = ["NGINX", "NginxProxy", "free_port", "main_config", "write_test_pki"]
+
+NGINX = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+_START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_test_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 and localhost: (ca, certificate, key) paths."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vllm-gcp test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = directory / "ca.pem"
+    certificate_path = directory / "server.crt"
+    key_path = directory / "server.key"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    certificate_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return ca_path, certificate_path, key_path
+
+
+def main_config(directory: Path, site_path: Path) -> str:
+    """An nginx.conf around the site, like Debian's: its http-level defaults that could interfere
+    (TLS 1.0/1.1 allowed, gzip on) are kept, so the site must override them itself."""
+    return f"""
+worker_processes 2;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log info;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    sendfile on;
+    tcp_nopush on;
+    types_hash_max_size 2048;
+    default_type application/octet-stream;
+    ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers on;
+    access_log {directory}/default-access.log;
+    gzip on;
+    client_body_temp_path {directory}/temp/body;
+    proxy_temp_path {directory}/temp/proxy;
+    fastcgi_temp_path {directory}/temp/fastcgi;
+    uwsgi_temp_path {directory}/temp/uwsgi;
+    scgi_temp_path {directory}/temp/scgi;
+    include {site_path};
+}}
+"""
+
+
+class NginxProxy:
+    """Context manager: Nginx with the rendered site in front of 127.0.0.1:<upstream_port>.
+
+    https_url / http_url are the TLS and plain-HTTP listeners; ca_path is the CA that signed the
+    server certificate (for `ssl` / httpx `verify=` / the openai client's http_client).
+    Extra keyword arguments override other SiteSettings fields (e.g. failed_auth_burst).
+    """
+
+    def __init__(
+        self,
+        upstream_port: int,
+        api_key: str = "test-key",
+        api_cidrs: Sequence[str] = ("0.0.0.0/0",),
+        server_name: str = "localhost",
+        **site_overrides: Any,
+    ) -> None:
+        self.upstream_port = upstream_port
+        self.api_key = api_key
+        self.server_name = server_name
+        self.directory = Path(tempfile.mkdtemp(prefix="vllm-gcp-nginx-"))
+        # Nginx's workers (nobody, when the tests run as root) write temp files and read the
+        # webroot here.
+        self.directory.chmod(0o755)
+        for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.directory / "temp" / name).mkdir(parents=True)
+            (self.directory / "temp" / name).chmod(0o777)
+        (self.directory / "acme").mkdir()
+        self.ca_path, certificate_path, key_path = write_test_pki(self.directory)
+        self.https_port = free_port()
+        self.http_port = free_port()
+        self.https_url = f"https://127.0.0.1:{self.https_port}"
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
+        base = SiteSettings(
+            api_key=api_key,
+            server_name=server_name,
+            certificate_path=str(certificate_path),
+            certificate_key_path=str(key_path),
+            api_cidrs=tuple(api_cidrs),
+            https_listen=f"127.0.0.1:{self.https_port}",
+            http_listen=f"127.0.0.1:{self.http_port}",
+            upstream=f"127.0.0.1:{upstream_port}",
+            access_log=str(self.directory / "access.log"),
+            acme_webroot=str(self.directory / "acme"),
+        )
+        self.settings = dataclasses.replace(base, **site_overrides)
+        self.site_text = render_site(self.settings)
+        self.site_path = self.directory / "vllm-gcp.conf"
+        self.site_path.write_text(self.site_text)
+        self.config_path = self.directory / "nginx.conf"
+        self.config_path.write_text(main_config(self.directory, self.site_path))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _command(self, *extra: str) -> list[str]:
+        return [
+            NGINX,
+            "-p",
+            str(self.directory),
+            "-e",
+            str(self.directory / "error.log"),
+            "-c",
+            str(self.config_path),
+            *extra,
+        ]
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """`nginx -t` on this configuration."""
+        return subprocess.run(self._command("-t"), capture_output=True, text=True, check=False)
+
+    def __enter__(self) -> NginxProxy:
+        checked = self.check()
+        if checked.returncode != 0:
+            self._cleanup()
+            raise RuntimeError(f"nginx -t failed:\n{checked.stderr}")
+        self._process = subprocess.Popen(
+            self._command("-g", "daemon off;"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                message = self.error_log()
+                self._cleanup()
+                raise RuntimeError(f"nginx exited at start:\n{message}")
+            if _accepts(self.https_port) and _accepts(self.http_port):
+                return self
+            time.sleep(0.02)
+        self.__exit__(None, None, None)
+        raise RuntimeError("nginx did not start listening in time")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._process is not None and self._process.stderr is not None:
+            self._process.stderr.close()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts the test CA (httpx `verify=`, `ssl.wrap_socket`)."""
+        return ssl.create_default_context(cafile=str(self.ca_path))
+
+    def error_log(self) -> str:
+        return _read(self.directory / "error.log")
+
+    def access_log(self) -> str:
+        return _read(self.directory / "access.log")
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
