@@ -26,7 +26,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -158,19 +158,20 @@ def requests_per_second(target: Target, concurrency: int, seconds: float) -> flo
 def _serve_upstream(ready: multiprocessing.connection.Connection, reply_ms: float) -> None:
     delay = reply_ms / 1000 / TOKENS_PER_REPLY
     with OpenAIUpstream(
-        model="bench-model", api_key=API_KEY, tokens_per_reply=TOKENS_PER_REPLY, stream_delay_s=delay
+        model="bench-model",
+        api_key=API_KEY,
+        tokens_per_reply=TOKENS_PER_REPLY,
+        stream_delay_s=delay,
     ) as upstream:
         ready.send(upstream.port)
         ready.recv()  # until the parent is done
 
 
 @contextmanager
-def upstream_process(reply_ms: float) -> Iterator[int]:
+def upstream_process(reply_ms: float) -> Generator[int]:
     """The stand-in in a process of its own, so it does not share the client's interpreter."""
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.Process(
-        target=_serve_upstream, args=(child, reply_ms), daemon=True
-    )
+    process = multiprocessing.Process(target=_serve_upstream, args=(child, reply_ms), daemon=True)
     process.start()
     try:
         yield int(parent.recv())
