@@ -147,13 +147,19 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}, None
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
+class WarningCollector(logging.Handler):
+    """A logger of its own for `pulumi.runtime.set_mocks`, keeping the warnings logged to it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings: list[str] = []
+        self.logger = logging.getLogger(name)
+        self.logger.addHandler(self)
+        self.logger.propagate = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if record.levelno == logging.WARNING:
+            self.warnings.append(record.getMessage())
 
 
 @dataclass
@@ -178,6 +184,14 @@ class Plan:
         assert len(found) == 1, f"expected one resource named {name}, found {len(found)}"
         return found[0]
 
+    async def resolve_outputs(self, outputs: Mapping[str, object]) -> None:
+        """Resolve these outputs (or plain values) into `outputs`, noting which are secret."""
+        for key, value in outputs.items():
+            output = pulumi.Output.from_input(value)
+            self.outputs[key] = await output.future()
+            if await output.is_secret():
+                self.secret_outputs.add(key)
+
 
 def run_program(
     config: Mapping[str, Any],
@@ -189,11 +203,10 @@ def run_program(
 ) -> Plan:
     """Run __main__.py with this configuration; secrets are set as secret config values."""
     mocks = mocks or RecordingMocks()
-    collector = _Collect()
-    logger = logging.getLogger(f"vllm-gcp-test-{id(mocks)}")
-    logger.addHandler(collector)
-    logger.propagate = False
-    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack=stack, preview=preview, logger=logger)
+    collector = WarningCollector(f"vllm-gcp-test-{id(mocks)}")
+    pulumi.runtime.set_mocks(
+        mocks, project="vllm-gcp", stack=stack, preview=preview, logger=collector.logger
+    )
     values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     secret_keys = [f"vllm-gcp:{k}" for k in (secrets or {})]
     values.update({f"vllm-gcp:{k}": v for k, v in (secrets or {}).items()})
@@ -201,23 +214,16 @@ def run_program(
     exported: dict[str, Any] = {}
     plan = Plan(resources=mocks.resources)
 
-    async def collect() -> None:
-        for key, value in exported.items():
-            output = pulumi.Output.from_input(value)
-            plan.outputs[key] = await output.future()
-            if await output.is_secret():
-                plan.secret_outputs.add(key)
-
     @pulumi.runtime.test
     def program() -> pulumi.Output[None]:
         runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+        return pulumi.Output.from_input(asyncio.ensure_future(plan.resolve_outputs(exported)))
 
     try:
         with mock.patch.object(pulumi, "export", exported.__setitem__):
             program()
     finally:
-        plan.warnings = [r.getMessage() for r in collector.records if r.levelno == logging.WARNING]
+        plan.warnings = collector.warnings
         mocks.resources[:] = [r for r in mocks.resources if r.type != "pulumi:pulumi:Stack"]
         pulumi.runtime.set_all_config({})
     return plan

@@ -1,11 +1,14 @@
-"""Test helpers over the offline engine: the stack files with the user's two values set."""
+"""Test helpers over the offline engine: the stack files with the user's two values set, and
+components built on their own under the engine's mocks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import pulumi
 import yaml
 
 from scripts.offline import (
@@ -20,6 +23,7 @@ from scripts.offline import (
     Plan,
     RecordingMocks,
     Registered,
+    WarningCollector,
     is_secret_value,
     plain_strings,
     run_program,
@@ -39,6 +43,7 @@ __all__ = [
     "Plan",
     "RecordingMocks",
     "Registered",
+    "build_components",
     "is_secret_value",
     "merged",
     "plain_strings",
@@ -76,3 +81,33 @@ def merged(base: Mapping[str, Any], *overrides: Mapping[str, Any]) -> dict[str, 
 def stack_config(stack: str, *overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A stack file with the user's two values set, plus overrides."""
     return merged(stack_file(stack), USER_VALUES, *overrides)
+
+
+def build_components(
+    declare: Callable[[], Mapping[str, object]],
+    *,
+    stack: str = "dev",
+    organization: str | None = None,
+) -> Plan:
+    """Run `declare` (which creates components and returns the outputs to keep, by name) under
+    fresh mocks: the Plan holds what it registered, those outputs resolved (which were secret) and
+    the warnings logged."""
+    mocks = RecordingMocks()
+    collector = WarningCollector(f"vllm-gcp-build-{id(mocks)}")
+    pulumi.runtime.set_mocks(
+        mocks,
+        project="vllm-gcp",
+        stack=stack,
+        preview=False,
+        logger=collector.logger,
+        organization=organization,
+    )
+    plan = Plan(resources=mocks.resources, warnings=collector.warnings)
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[None]:
+        return pulumi.Output.from_input(asyncio.ensure_future(plan.resolve_outputs(declare())))
+
+    program()
+    mocks.resources[:] = [r for r in mocks.resources if r.type != "pulumi:pulumi:Stack"]
+    return plan

@@ -7,10 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from components import catalogue
 from components.config import (
@@ -20,6 +16,7 @@ from components.config import (
     validate,
 )
 from tests.harness import USER_VALUES, merged, stack_config, stack_file
+from tests.standins.pki import make_pki
 
 
 def config_of(*overrides: dict[str, Any], stack: str = "prod") -> tuple[StackConfig, list[str]]:
@@ -439,28 +436,10 @@ def test_a_well_formed_private_configuration_is_accepted() -> None:
     assert config.model.gcs_uri == "gs://weights-bucket/mistral-small"
 
 
-def _certificate(
-    name: str, *, days: int = 90, key: ec.EllipticCurvePrivateKey | None = None
-) -> tuple[str, str]:
-    private_key = key or ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .public_key(private_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(private_key, hashes.SHA256())
-    )
-    key_pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+def _certificate(name: str) -> tuple[str, str]:
+    """A certificate for `name` (issued by a fresh test CA, valid for a day) and its key."""
+    pki = make_pki(name, dns_names=(name,))
+    return pki.certificate_pem, pki.key_pem
 
 
 def test_a_provided_certificate_is_checked_before_use() -> None:

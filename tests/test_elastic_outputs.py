@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -22,8 +20,9 @@ from tests.harness import (
     MOCK_API_KEY,
     MOCK_KIBANA_KEY,
     MOCK_PUBLIC_IP,
+    Plan,
     RecordingMocks,
-    Registered,
+    build_components,
     is_secret_value,
     plain_strings,
 )
@@ -34,31 +33,14 @@ DYNAMIC = "pulumi-python:dynamic:Resource"
 SECRETS = (MOCK_API_KEY, MOCK_KIBANA_KEY)
 
 
-@dataclass
-class Built:
-    outputs: dict[str, Any]
-    secret: set[str]
-    resources: list[Registered]
-
-    def dynamic(self) -> list[Registered]:
-        return [r for r in self.resources if r.type == DYNAMIC]
-
-
 def build(
     *,
     host: str = MOCK_PUBLIC_IP,
     ca_certificate: str | None = CA_PEM,
     elastic: ElasticConfig | None = None,
     tool_calling: bool = True,
-) -> Built:
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(
-        mocks, project="vllm-gcp", stack="test", preview=False, organization="test-org"
-    )
-    built = Built({}, set(), mocks.resources)
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[None]:
+) -> Plan:
+    def declare() -> dict[str, object]:
         ready = pulumi_random.RandomId("ready", byte_length=4)
         component = ElasticIntegration(
             "vllm",
@@ -76,7 +58,7 @@ def build(
                 endpoint_ready=[ready],
             ),
         )
-        outputs: dict[str, pulumi.Output[Any]] = {
+        outputs: dict[str, object] = {
             "endpoint": component.endpoint,
             "connectorUrl": component.connector_url,
             "kibanaConnector": component.connector_body,
@@ -84,26 +66,18 @@ def build(
         }
         if component.connector_id is not None:
             outputs["connectorId"] = component.connector_id
+        return outputs
 
-        async def collect() -> None:
-            for key, output in outputs.items():
-                built.outputs[key] = await output.future()
-                if await output.is_secret():
-                    built.secret.add(key)
-
-        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
-
-    program()
-    return built
+    return build_components(declare, stack="test", organization="test-org")
 
 
 def kibana(**overrides: Any) -> ElasticConfig:
     return ElasticConfig.model_validate({"kibanaUrl": "https://kb.example.com/", **overrides})
 
 
-def assert_no_plain_secret(built: Built) -> None:
+def assert_no_plain_secret(built: Plan) -> None:
     for key, value in built.outputs.items():
-        if key in built.secret:
+        if key in built.secret_outputs:
             continue
         for text in plain_strings(value):
             assert not any(secret in text for secret in SECRETS), key
@@ -117,7 +91,7 @@ def test_self_signed_ip_endpoint_outputs() -> None:
     host = MOCK_PUBLIC_IP
     assert built.outputs["endpoint"] == f"https://{host}/v1"
     assert built.outputs["connectorUrl"] == f"https://{host}/v1/chat/completions"
-    assert built.secret == {"kibanaConnector"}
+    assert built.secret_outputs == {"kibanaConnector"}
     assert built.outputs["kibanaConnector"] == {
         "name": f"vLLM - {MODEL}",
         "connector_type_id": ".gen-ai",
@@ -141,7 +115,7 @@ def test_self_signed_ip_endpoint_outputs() -> None:
         "securitySolution.inferenceChatModelDisabled": True
     }
     assert_no_plain_secret(built)
-    assert built.dynamic() == []
+    assert built.of_type(DYNAMIC) == []
 
 
 def test_domain_endpoint_without_ca_has_no_custom_host_settings() -> None:
@@ -161,7 +135,7 @@ def test_models_without_tool_calling_leave_the_flag_out() -> None:
 
 def test_connector_resource_when_kibana_is_configured() -> None:
     built = build(elastic=kibana(space="security", connectorName="Mistral on GCP"))
-    [connector] = built.dynamic()
+    [connector] = built.of_type(DYNAMIC)
     assert connector.name == "vllm-kibana-connector"
     assert is_secret_value(connector.inputs["api_key"])
     assert is_secret_value(connector.inputs["kibana_api_key"])
@@ -185,13 +159,13 @@ def test_connector_resource_when_kibana_is_configured() -> None:
     )
     assert plain["connector_id"] == expected_id
     assert built.outputs["connectorId"] == expected_id
-    assert "connectorId" not in built.secret
+    assert "connectorId" not in built.secret_outputs
     assert_no_plain_secret(built)
 
 
 def test_connector_follows_verify_setting() -> None:
     built = build(elastic=kibana(verify=False))
-    [connector] = built.dynamic()
+    [connector] = built.of_type(DYNAMIC)
     assert connector.plain["verify"] is False
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 from typing import Any
@@ -24,8 +23,8 @@ from tests.harness import (
     MOCK_PRIVATE_IP,
     MOCK_PUBLIC_IP,
     MOCK_SSH_PRIVATE_KEY,
-    RecordingMocks,
-    Registered,
+    Plan,
+    build_components,
     stack_config,
 )
 
@@ -41,38 +40,15 @@ PRIVATE = {
 }
 
 
-class Built:
-    def __init__(self, resources: list[Registered], outputs: dict[str, Any]) -> None:
-        self.resources = resources
-        self.outputs = outputs
-
-    def of_type(self, typ: str) -> list[Registered]:
-        return [r for r in self.resources if r.type == typ]
-
-    @property
-    def instance(self) -> dict[str, Any]:
-        (found,) = self.of_type(INSTANCE)
-        return found.plain
+def instance_inputs(built: Plan) -> dict[str, Any]:
+    return built.one(INSTANCE).plain
 
 
-def build(stack: str, *overrides: dict[str, Any], **mirrors: Any) -> Built:
+def build(stack: str, *overrides: dict[str, Any], **mirrors: Any) -> Plan:
     """Network and GpuHost as __main__.py wires them, from stacks/Pulumi.<stack>.yaml."""
     stack_settings, _ = config.validate(stack_config(stack, *overrides), stack)
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack=stack, preview=False)
-    outputs: dict[str, Any] = {}
 
-    async def collect(host: GpuHost) -> None:
-        for key in ("instance_name", "instance_id", "ssh_private_key", "private_ip"):
-            output: pulumi.Output[str] = getattr(host, key)
-            outputs[key] = await output.future()
-            outputs[f"{key}_secret"] = await output.is_secret()
-        for key in ("ssh_address", "endpoint_address", "service_account_email"):
-            outputs[key] = await getattr(host, key).future()
-        outputs["public_ip"] = None if host.public_ip is None else await host.public_ip.future()
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[None]:
+    def declare() -> dict[str, object]:
         network = Network(
             "vllm",
             NetworkArgs(
@@ -95,25 +71,33 @@ def build(stack: str, *overrides: dict[str, Any], **mirrors: Any) -> Built:
                 **mirrors,
             ),
         )
-        outputs["host_tag"] = network.host_tag
-        return pulumi.Output.from_input(asyncio.ensure_future(collect(host)))
+        return {
+            "host_tag": network.host_tag,
+            "instance_name": host.instance_name,
+            "instance_id": host.instance_id,
+            "ssh_private_key": host.ssh_private_key,
+            "private_ip": host.private_ip,
+            "ssh_address": host.ssh_address,
+            "endpoint_address": host.endpoint_address,
+            "service_account_email": host.service_account_email,
+            "public_ip": host.public_ip,
+        }
 
-    program()
-    return Built(list(mocks.resources), outputs)
+    return build_components(declare, stack=stack)
 
 
 @pytest.fixture(scope="module")
-def prod() -> Built:
+def prod() -> Plan:
     return build("prod")
 
 
 @pytest.fixture(scope="module")
-def dev() -> Built:
+def dev() -> Plan:
     return build("dev")
 
 
-def test_prod_plans_one_standard_a2_ultragpu_2g(prod: Built) -> None:
-    instance = prod.instance
+def test_prod_plans_one_standard_a2_ultragpu_2g(prod: Plan) -> None:
+    instance = instance_inputs(prod)
     assert instance["machineType"] == "a2-ultragpu-2g"
     assert instance["zone"] == "us-central1-a"
     assert instance["scheduling"] == {
@@ -127,8 +111,8 @@ def test_prod_plans_one_standard_a2_ultragpu_2g(prod: Built) -> None:
     assert "guestAccelerators" not in instance
 
 
-def test_dev_plans_a_spot_g2_standard_8(dev: Built) -> None:
-    instance = dev.instance
+def test_dev_plans_a_spot_g2_standard_8(dev: Plan) -> None:
+    instance = instance_inputs(dev)
     assert instance["machineType"] == "g2-standard-8"
     assert instance["scheduling"] == {
         "onHostMaintenance": "TERMINATE",
@@ -140,8 +124,8 @@ def test_dev_plans_a_spot_g2_standard_8(dev: Built) -> None:
     assert instance["bootDisk"]["initializeParams"]["size"] == 150
 
 
-def test_boot_disk_is_the_gpu_ready_image_sized_from_config(prod: Built) -> None:
-    params = prod.instance["bootDisk"]["initializeParams"]
+def test_boot_disk_is_the_gpu_ready_image_sized_from_config(prod: Plan) -> None:
+    params = instance_inputs(prod)["bootDisk"]["initializeParams"]
     assert params == {
         "image": (
             "projects/ubuntu-os-accelerator-images/global/images/family/"
@@ -150,19 +134,19 @@ def test_boot_disk_is_the_gpu_ready_image_sized_from_config(prod: Built) -> None
         "size": 500,
         "type": "pd-balanced",
     }
-    assert prod.instance["bootDisk"]["autoDelete"] is True
+    assert instance_inputs(prod)["bootDisk"]["autoDelete"] is True
 
 
-def test_shielded_vm_keeps_secure_boot_vtpm_and_integrity_monitoring(prod: Built) -> None:
-    assert prod.instance["shieldedInstanceConfig"] == {
+def test_shielded_vm_keeps_secure_boot_vtpm_and_integrity_monitoring(prod: Plan) -> None:
+    assert instance_inputs(prod)["shieldedInstanceConfig"] == {
         "enableSecureBoot": True,
         "enableVtpm": True,
         "enableIntegrityMonitoring": True,
     }
 
 
-def test_metadata_sets_the_startup_script_key_and_the_stack_ssh_key(prod: Built) -> None:
-    instance = prod.instance
+def test_metadata_sets_the_startup_script_key_and_the_stack_ssh_key(prod: Plan) -> None:
+    instance = instance_inputs(prod)
     assert "metadataStartupScript" not in instance
     metadata = instance["metadata"]
     assert set(metadata) == {
@@ -178,20 +162,20 @@ def test_metadata_sets_the_startup_script_key_and_the_stack_ssh_key(prod: Built)
     assert metadata["block-project-ssh-keys"] == "TRUE"
 
 
-def test_ssh_key_is_ed25519_and_its_private_half_a_secret(prod: Built) -> None:
+def test_ssh_key_is_ed25519_and_its_private_half_a_secret(prod: Plan) -> None:
     (key,) = prod.of_type("tls:index/privateKey:PrivateKey")
     assert key.plain == {"algorithm": "ED25519"}
     assert prod.outputs["ssh_private_key"] == MOCK_SSH_PRIVATE_KEY
-    assert prod.outputs["ssh_private_key_secret"] is True
-    assert prod.outputs["instance_name_secret"] is False
+    assert "ssh_private_key" in prod.secret_outputs
+    assert "instance_name" not in prod.secret_outputs
 
 
-def test_the_host_runs_as_its_own_service_account_with_two_roles(prod: Built) -> None:
+def test_the_host_runs_as_its_own_service_account_with_two_roles(prod: Plan) -> None:
     (account,) = prod.of_type(ACCOUNT)
     account_id = account.plain["accountId"]
     assert account_id == "vllm-prod-host"
     email = f"{account_id}@test-project.iam.gserviceaccount.com"
-    assert prod.instance["serviceAccount"] == {"email": email, "scopes": ["cloud-platform"]}
+    assert instance_inputs(prod)["serviceAccount"] == {"email": email, "scopes": ["cloud-platform"]}
     assert not email.endswith("-compute@developer.gserviceaccount.com")
     grants = sorted((m.plain["role"], m.plain["member"]) for m in prod.of_type(IAM_MEMBER))
     assert grants == sorted((role, f"serviceAccount:{email}") for role in HOST_ROLES)
@@ -199,8 +183,8 @@ def test_the_host_runs_as_its_own_service_account_with_two_roles(prod: Built) ->
     assert prod.outputs["service_account_email"] == email
 
 
-def test_network_interface_tags_and_labels(prod: Built) -> None:
-    instance = prod.instance
+def test_network_interface_tags_and_labels(prod: Plan) -> None:
+    instance = instance_inputs(prod)
     (interface,) = instance["networkInterfaces"]
     assert interface["subnetwork"] == "https://compute/subnetworks/vllm-subnet"
     assert interface["networkIp"] == MOCK_PRIVATE_IP
@@ -209,7 +193,7 @@ def test_network_interface_tags_and_labels(prod: Built) -> None:
     assert instance["labels"] == {"app": "vllm-gcp", "stack": "prod"}
 
 
-def test_public_host_is_reached_on_its_public_ip(prod: Built) -> None:
+def test_public_host_is_reached_on_its_public_ip(prod: Plan) -> None:
     assert prod.outputs["public_ip"] == MOCK_PUBLIC_IP
     assert prod.outputs["private_ip"] == MOCK_PRIVATE_IP
     assert prod.outputs["ssh_address"] == MOCK_PUBLIC_IP
@@ -219,7 +203,7 @@ def test_public_host_is_reached_on_its_public_ip(prod: Built) -> None:
 
 def test_private_host_has_no_access_config_and_is_reached_inside() -> None:
     private = build("prod", PRIVATE)
-    (interface,) = private.instance["networkInterfaces"]
+    (interface,) = instance_inputs(private)["networkInterfaces"]
     assert "accessConfigs" not in interface
     assert private.outputs["public_ip"] is None
     assert private.outputs["ssh_address"] == MOCK_PRIVATE_IP
@@ -253,7 +237,7 @@ WORKLOAD_CHANGES: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("change", sorted(WORKLOAD_CHANGES))
-def test_workload_settings_leave_every_instance_input_unchanged(prod: Built, change: str) -> None:
+def test_workload_settings_leave_every_instance_input_unchanged(prod: Plan, change: str) -> None:
     changed = build("prod", WORKLOAD_CHANGES[change])
     (before,) = prod.of_type(INSTANCE)
     (after,) = changed.of_type(INSTANCE)
@@ -262,8 +246,8 @@ def test_workload_settings_leave_every_instance_input_unchanged(prod: Built, cha
 
 def test_a_machine_type_change_changes_the_instance() -> None:
     other = build("prod", {"vllm-gcp:host": {"machineType": "a2-ultragpu-4g"}})
-    assert other.instance["machineType"] == "a2-ultragpu-4g"
-    assert 'GPU_COUNT="4"' in other.instance["metadata"]["startup-script"]
+    assert instance_inputs(other)["machineType"] == "a2-ultragpu-4g"
+    assert 'GPU_COUNT="4"' in instance_inputs(other)["metadata"]["startup-script"]
 
 
 @pytest.mark.parametrize(
@@ -294,15 +278,15 @@ def test_mirrors_reach_the_startup_script_and_nothing_else() -> None:
         # As the Mirror hands it over: an Output resolving once the repositories' grants exist.
         apt_mirror=AptMirror("us-central1-apt.pkg.dev", pulumi.Output.from_input(sources)),
     )
-    script = mirrored.instance["metadata"]["startup-script"]
+    script = instance_inputs(mirrored)["metadata"]["startup-script"]
     assert 'APT_SOURCES_MODE="mirror"' in script
     assert 'APT_MIRROR_HOST="us-central1-apt.pkg.dev"' in script
     assert f'APT_MIRROR_SOURCES_B64="{base64.b64encode(sources.encode()).decode()}"' in script
     assert 'DOCKER_REGISTRY_HOST="us-central1-docker.pkg.dev"' in script
     assert f'GPU_CHECK_IMAGE="{mirrored_image}"' in script
-    assert 'APT_SOURCES_MODE="internet"' in plain.instance["metadata"]["startup-script"]
+    assert 'APT_SOURCES_MODE="internet"' in instance_inputs(plain)["metadata"]["startup-script"]
     without_script = [
-        {**b.instance, "metadata": {**b.instance["metadata"], "startup-script": ""}}
+        {**instance_inputs(b), "metadata": {**instance_inputs(b)["metadata"], "startup-script": ""}}
         for b in (plain, mirrored)
     ]
     assert without_script[0] == without_script[1]

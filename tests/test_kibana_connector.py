@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from pulumi.dynamic import DiffResult
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
@@ -34,6 +29,7 @@ from components.kibana_connector import (
 )
 from tests.harness import ROOT
 from tests.standins.kibana import StandInKibana, tls_context
+from tests.standins.pki import Pki, loopback_pki
 
 KIBANA_KEY = "a2liYW5hLWtleS1pZDpraWJhbmEta2V5LXNlY3JldA=="
 READ_ONLY_KEY = "cmVhZC1vbmx5LWtleQ=="
@@ -48,77 +44,9 @@ KEYS = {KIBANA_KEY: "all", READ_ONLY_KEY: "read", NO_ACCESS_KEY: "none"}
 # Loopback helpers: certificates, a stand-in OpenAI-compatible endpoint, a closed port
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca_pem: str
-    server_pem: str
-    server_key_pem: str
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("test CA"))
-        .issuer_name(_name("test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return Pki(
-        ca_pem=ca.public_bytes(serialization.Encoding.PEM).decode(),
-        server_pem=server.public_bytes(serialization.Encoding.PEM).decode(),
-        server_key_pem=server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode(),
-    )
+    return loopback_pki()
 
 
 @dataclass
@@ -293,17 +221,29 @@ def test_refresh_drops_a_connector_deleted_in_kibana(
     assert not gone.id
 
 
-def test_refresh_reports_drift_made_in_kibana(
-    kibana: StandInKibana, provider: KibanaConnectorProvider
-) -> None:
+def _diff_after_editing_in_kibana(
+    kibana: StandInKibana,
+    provider: KibanaConnectorProvider,
+    edit: Callable[[dict[str, Any]], None],
+) -> DiffResult:
+    """Create the connector, let `edit` change Kibana's copy, refresh, diff with the desired."""
     desired = props(kibana.url)
     provider.create(desired)
     stored = kibana.connector(CONNECTOR_ID)
     assert stored is not None
-    stored["config"]["apiUrl"] = "https://elsewhere.example.com/v1/chat/completions"
+    edit(stored)
     refreshed = provider.read(CONNECTOR_ID, desired)
     assert refreshed.outs is not None
-    diff = provider.diff(CONNECTOR_ID, refreshed.outs, desired)
+    return provider.diff(CONNECTOR_ID, refreshed.outs, desired)
+
+
+def test_refresh_reports_drift_made_in_kibana(
+    kibana: StandInKibana, provider: KibanaConnectorProvider
+) -> None:
+    def move_the_endpoint(stored: dict[str, Any]) -> None:
+        stored["config"]["apiUrl"] = "https://elsewhere.example.com/v1/chat/completions"
+
+    diff = _diff_after_editing_in_kibana(kibana, provider, move_the_endpoint)
     assert diff.changes is True
     assert diff.replaces == []
 
@@ -311,14 +251,11 @@ def test_refresh_reports_drift_made_in_kibana(
 def test_refresh_notices_secrets_kibana_lost(
     kibana: StandInKibana, provider: KibanaConnectorProvider
 ) -> None:
-    desired = props(kibana.url)
-    provider.create(desired)
-    stored = kibana.connector(CONNECTOR_ID)
-    assert stored is not None
-    stored["is_missing_secrets"] = True
-    refreshed = provider.read(CONNECTOR_ID, desired)
-    assert refreshed.outs is not None
-    assert provider.diff(CONNECTOR_ID, refreshed.outs, desired).changes is True
+    def lose_the_secrets(stored: dict[str, Any]) -> None:
+        stored["is_missing_secrets"] = True
+
+    diff = _diff_after_editing_in_kibana(kibana, provider, lose_the_secrets)
+    assert diff.changes is True
 
 
 def test_diff_replaces_only_for_another_kibana_space_id_or_type(
@@ -469,7 +406,7 @@ def test_unreachable_kibana_is_named(provider: KibanaConnectorProvider) -> None:
 def test_untrusted_kibana_certificate_is_named_as_tls(
     pki: Pki, provider: KibanaConnectorProvider
 ) -> None:
-    with StandInKibana(keys=KEYS, tls=(pki.server_pem, pki.server_key_pem)) as tls_kibana:
+    with StandInKibana(keys=KEYS, tls=(pki.certificate_pem, pki.key_pem)) as tls_kibana:
         with pytest.raises(KibanaApiError, match=r"TLS with Kibana.*SSL_CERT_FILE") as error:
             provider.create(props(tls_kibana.url))
         assert_no_credentials(error.value)
@@ -525,7 +462,7 @@ def test_verify_failure_for_an_untrusted_endpoint_points_at_kibana_settings(
     pki: Pki, provider: KibanaConnectorProvider
 ) -> None:
     with (
-        FakeEndpoint(ENDPOINT_KEY, tls=(pki.server_pem, pki.server_key_pem)) as endpoint,
+        FakeEndpoint(ENDPOINT_KEY, tls=(pki.certificate_pem, pki.key_pem)) as endpoint,
         StandInKibana(keys=KEYS) as untrusting,
     ):
         config = connector_config(endpoint.chat_url, MODEL, True)

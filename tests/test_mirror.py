@@ -9,7 +9,6 @@ import re
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pulumi
 import pytest
@@ -26,7 +25,7 @@ from components.mirror import (
     gcs_location,
     prefix_read_condition,
 )
-from tests.harness import RecordingMocks, Registered
+from tests.harness import Plan, build_components
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGIN_SCRIPT = ROOT / "scripts" / "registry_login.sh"
@@ -140,13 +139,8 @@ def test_prefix_condition_escapes_quotes() -> None:
 # The graph, under the engine's mocks
 
 
-def build(mirror: MirrorConfig, model: ModelConfig) -> tuple[list[Registered], dict[str, Any]]:
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack="dev", preview=False)
-    seen: dict[str, Any] = {}
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[None]:
+def build(mirror: MirrorConfig, model: ModelConfig) -> Plan:
+    def declare() -> dict[str, object]:
         component = Mirror(
             "vllm",
             MirrorArgs(
@@ -157,28 +151,23 @@ def build(mirror: MirrorConfig, model: ModelConfig) -> tuple[list[Registered], d
                 service_account_email=pulumi.Output.from_input(SA_EMAIL),
             ),
         )
-        seen["registry_host"] = component.registry_host
-        seen["grants"] = len(component.grants)
-        apt = component.apt_repositories or pulumi.Output.from_input(None)
-        return pulumi.Output.all(component.vllm_image, apt).apply(
-            lambda values: seen.update(vllm_image=values[0], apt_repositories=values[1])
-        )
+        return {
+            "registry_host": component.registry_host,
+            "grants": len(component.grants),
+            "vllm_image": component.vllm_image,
+            "apt_repositories": component.apt_repositories,
+        }
 
-    program()
-    return [r for r in mocks.resources if r.type != "pulumi:pulumi:Stack"], seen
-
-
-def of_type(resources: list[Registered], typ: str) -> list[Registered]:
-    return [r for r in resources if r.type == typ]
+    return build_components(declare)
 
 
 GCS_MODEL = ModelConfig(source="gcs", gcs_uri=WEIGHTS_URI)
 
 
 def test_nothing_is_created_when_every_switch_is_off() -> None:
-    resources, seen = build(MirrorConfig(), ModelConfig())
-    assert [r.type for r in resources] == ["vllm-gcp:mirror:Mirror"]
-    assert seen == {
+    built = build(MirrorConfig(), ModelConfig())
+    assert [r.type for r in built.resources] == ["vllm-gcp:mirror:Mirror"]
+    assert built.outputs == {
         "registry_host": None,
         "grants": 0,
         "vllm_image": ModelConfig().image,
@@ -187,8 +176,8 @@ def test_nothing_is_created_when_every_switch_is_off() -> None:
 
 
 def test_docker_remote_repository_and_its_reader_grant() -> None:
-    resources, seen = build(MirrorConfig(docker_remote=True), ModelConfig())
-    (repository,) = of_type(resources, REPOSITORY)
+    built = build(MirrorConfig(docker_remote=True), ModelConfig())
+    (repository,) = built.of_type(REPOSITORY)
     assert repository.name == "vllm-dockerhub"
     assert repository.plain["repositoryId"] == "vllm-dev-dockerhub"
     assert repository.plain["format"] == "DOCKER"
@@ -197,7 +186,7 @@ def test_docker_remote_repository_and_its_reader_grant() -> None:
     assert repository.plain["project"] == "test-project"
     remote = repository.plain["remoteRepositoryConfig"]
     assert remote["dockerRepository"] == {"publicRepository": "DOCKER_HUB"}
-    (grant,) = of_type(resources, REPOSITORY_GRANT)
+    (grant,) = built.of_type(REPOSITORY_GRANT)
     assert grant.plain == {
         "project": "test-project",
         "location": "us-central1",
@@ -205,17 +194,17 @@ def test_docker_remote_repository_and_its_reader_grant() -> None:
         "role": READER_ROLE,
         "member": f"serviceAccount:{SA_EMAIL}",
     }
-    assert seen["registry_host"] == "us-central1-docker.pkg.dev"
-    assert seen["vllm_image"] == (
+    assert built.outputs["registry_host"] == "us-central1-docker.pkg.dev"
+    assert built.outputs["vllm_image"] == (
         "us-central1-docker.pkg.dev/test-project/vllm-dev-dockerhub/vllm/vllm-openai:v0.32.0"
     )
-    assert not of_type(resources, BUCKET_GRANT)
-    assert seen["apt_repositories"] is None
+    assert not built.of_type(BUCKET_GRANT)
+    assert built.outputs["apt_repositories"] is None
 
 
 def test_apt_remote_repositories_for_the_ubuntu_archive_and_their_grants() -> None:
-    resources, seen = build(MirrorConfig(apt_remote=True), ModelConfig())
-    by_id = {r.plain["repositoryId"]: r for r in of_type(resources, REPOSITORY)}
+    built = build(MirrorConfig(apt_remote=True), ModelConfig())
+    by_id = {r.plain["repositoryId"]: r for r in built.of_type(REPOSITORY)}
     assert sorted(by_id) == sorted(f"vllm-dev-ubuntu-{suite}" for suite in UBUNTU_SUITES)
     repositories = list(by_id.values())
     for suite in UBUNTU_SUITES:
@@ -229,19 +218,21 @@ def test_apt_remote_repositories_for_the_ubuntu_archive_and_their_grants() -> No
                 "repositoryPath": f"ubuntu/dists/{suite}",
             }
         }
-    grants = of_type(resources, REPOSITORY_GRANT)
+    grants = built.of_type(REPOSITORY_GRANT)
     assert sorted(g.plain["repository"] for g in grants) == sorted(
         r.plain["repositoryId"] for r in repositories
     )
     assert {g.plain["role"] for g in grants} == {READER_ROLE}
-    assert seen["apt_repositories"] == layout(docker=False).apt_repositories
-    assert seen["vllm_image"] == ModelConfig().image  # no Docker mirror: pulled as configured
-    assert seen["grants"] == len(UBUNTU_SUITES)
+    assert built.outputs["apt_repositories"] == layout(docker=False).apt_repositories
+    assert (
+        built.outputs["vllm_image"] == ModelConfig().image
+    )  # no Docker mirror: pulled as configured
+    assert built.outputs["grants"] == len(UBUNTU_SUITES)
 
 
 def test_gcs_weights_grant_is_limited_to_the_prefix() -> None:
-    resources, seen = build(MirrorConfig(), GCS_MODEL)
-    (grant,) = of_type(resources, BUCKET_GRANT)
+    built = build(MirrorConfig(), GCS_MODEL)
+    (grant,) = built.of_type(BUCKET_GRANT)
     assert grant.name == "vllm-weights-reader"
     assert grant.plain["bucket"] == "weights-bucket"
     assert grant.plain["role"] == OBJECT_VIEWER_ROLE
@@ -250,22 +241,22 @@ def test_gcs_weights_grant_is_limited_to_the_prefix() -> None:
         "weights-bucket", "models/mistral"
     )
     assert grant.plain["condition"]["title"]
-    assert not of_type(resources, REPOSITORY)
-    assert seen["grants"] == 1
+    assert not built.of_type(REPOSITORY)
+    assert built.outputs["grants"] == 1
 
 
 def test_gcs_weights_at_the_bucket_root_need_no_condition() -> None:
-    resources, _ = build(MirrorConfig(), ModelConfig(source="gcs", gcs_uri="gs://weights-bucket"))
-    (grant,) = of_type(resources, BUCKET_GRANT)
+    built = build(MirrorConfig(), ModelConfig(source="gcs", gcs_uri="gs://weights-bucket"))
+    (grant,) = built.of_type(BUCKET_GRANT)
     assert "condition" not in grant.plain
 
 
 def test_every_grant_is_on_one_repository_or_bucket_never_the_project() -> None:
-    resources, _ = build(MirrorConfig(docker_remote=True, apt_remote=True), GCS_MODEL)
-    types = {r.type for r in resources}
+    built = build(MirrorConfig(docker_remote=True, apt_remote=True), GCS_MODEL)
+    types = {r.type for r in built.resources}
     assert types == {"vllm-gcp:mirror:Mirror", REPOSITORY, REPOSITORY_GRANT, BUCKET_GRANT}
-    assert len(of_type(resources, REPOSITORY)) == 1 + len(UBUNTU_SUITES)
-    assert len({r.name for r in resources}) == len(resources)
+    assert len(built.of_type(REPOSITORY)) == 1 + len(UBUNTU_SUITES)
+    assert len({r.name for r in built.resources}) == len(built.resources)
 
 
 # ------------------------------------------------------------------------------------------------

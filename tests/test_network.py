@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from typing import Any
 
-import pulumi
 import pytest
 
 from components.config import AccessConfig, NetworkConfig
@@ -17,7 +15,7 @@ from components.network import (
     NetworkArgs,
     host_tag_for,
 )
-from tests.harness import MOCK_PRIVATE_IP, MOCK_PUBLIC_IP, RecordingMocks, Registered
+from tests.harness import MOCK_PRIVATE_IP, MOCK_PUBLIC_IP, Plan, build_components
 
 FIREWALL = "gcp:compute/firewall:Firewall"
 ADDRESS = "gcp:compute/address:Address"
@@ -25,60 +23,22 @@ ACCESS = AccessConfig(api_cidrs=["0.0.0.0/0"], ssh_cidrs=["198.51.100.7/32"])
 PRIVATE_ACCESS = AccessConfig(api_cidrs=["10.0.0.0/8"], ssh_cidrs=["10.20.0.5/32"])
 
 
-class Built:
-    def __init__(
-        self, resources: list[Registered], outputs: dict[str, Any], warnings: list[str]
-    ) -> None:
-        self.resources = resources
-        self.outputs = outputs
-        self.warnings = warnings
-
-    def of_type(self, typ: str) -> list[dict[str, Any]]:
-        return [r.plain for r in self.resources if r.type == typ]
-
-    def named(self, name: str) -> dict[str, Any]:
-        (found,) = [r.plain for r in self.resources if r.name == name]
-        return found
-
-    def names(self, typ: str) -> set[str]:
-        return {r.name for r in self.resources if r.type == typ}
+def inputs_of(built: Plan, typ: str) -> list[dict[str, Any]]:
+    return [r.plain for r in built.of_type(typ)]
 
 
-def build_network(args: NetworkArgs, stack: str = "prod") -> Built:
-    mocks = RecordingMocks()
-    warnings: list[str] = []
-    logger = logging.getLogger(f"test-network-{id(mocks)}")
-    logger.propagate = False
-    logger.addHandler(_Collect(warnings))
-    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack=stack, preview=False, logger=logger)
-    outputs: dict[str, Any] = {}
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[None]:
+def build_network(args: NetworkArgs, stack: str = "prod") -> Plan:
+    def declare() -> dict[str, object]:
         network = Network("vllm", args)
-        outputs["host_tag"] = network.host_tag
-        outputs["has_external"] = network.external_address is not None
-        values: list[pulumi.Output[Any]] = [network.subnetwork, network.internal_address]
-        if network.external_address is not None:
-            values.append(network.external_address)
+        return {
+            "host_tag": network.host_tag,
+            "has_external": network.external_address is not None,
+            "subnetwork": network.subnetwork,
+            "internal_address": network.internal_address,
+            "external_address": network.external_address,
+        }
 
-        def keep(resolved: list[Any]) -> None:
-            outputs["subnetwork"], outputs["internal_address"] = resolved[:2]
-            outputs["external_address"] = resolved[2] if len(resolved) > 2 else None
-
-        return pulumi.Output.all(*values).apply(keep)
-
-    program()
-    return Built(mocks.resources, outputs, warnings)
-
-
-class _Collect(logging.Handler):
-    def __init__(self, warnings: list[str]) -> None:
-        super().__init__(logging.WARNING)
-        self.warnings = warnings
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.warnings.append(record.getMessage())
+    return build_components(declare, stack=stack)
 
 
 def args(
@@ -95,10 +55,10 @@ def args(
     )
 
 
-def ingress_ports(built: Built) -> dict[str, list[str]]:
+def ingress_ports(built: Plan) -> dict[str, list[str]]:
     """Port -> source ranges of every ingress allow rule."""
     ports: dict[str, list[str]] = {}
-    for rule in built.of_type(FIREWALL):
+    for rule in inputs_of(built, FIREWALL):
         if rule.get("direction") != "INGRESS":
             continue
         for allow in rule["allows"]:
@@ -110,16 +70,16 @@ def ingress_ports(built: Built) -> dict[str, list[str]]:
 
 def test_public_network_makes_its_vpc_subnet_and_both_addresses() -> None:
     built = build_network(args())
-    (vpc,) = built.of_type("gcp:compute/network:Network")
+    (vpc,) = inputs_of(built, "gcp:compute/network:Network")
     assert vpc["autoCreateSubnetworks"] is False
-    (subnet,) = built.of_type("gcp:compute/subnetwork:Subnetwork")
+    (subnet,) = inputs_of(built, "gcp:compute/subnetwork:Subnetwork")
     assert subnet["ipCidrRange"] == "10.42.0.0/24"
     assert subnet["region"] == "us-central1"
     assert subnet["privateIpGoogleAccess"] is True
-    internal = built.named("vllm-internal-ip")
+    internal = built.named("vllm-internal-ip").plain
     assert internal["addressType"] == "INTERNAL"
     assert internal["subnetwork"] == built.outputs["subnetwork"]
-    external = built.named("vllm-external-ip")
+    external = built.named("vllm-external-ip").plain
     assert external["addressType"] == "EXTERNAL"
     assert built.outputs["internal_address"] == MOCK_PRIVATE_IP
     assert built.outputs["external_address"] == MOCK_PUBLIC_IP
@@ -128,10 +88,10 @@ def test_public_network_makes_its_vpc_subnet_and_both_addresses() -> None:
 def test_firewall_opens_https_to_api_cidrs_and_ssh_to_ssh_cidrs_only() -> None:
     built = build_network(args())
     assert ingress_ports(built) == {"443": ["0.0.0.0/0"], "22": ["198.51.100.7/32"]}
-    for rule in built.of_type(FIREWALL):
+    for rule in inputs_of(built, FIREWALL):
         assert rule["targetTags"] == [built.outputs["host_tag"]]
         assert rule["network"] == "https://compute/networks/vllm-vpc"
-    assert not [r for r in built.of_type(FIREWALL) if r.get("direction") == "EGRESS"]
+    assert not [r for r in inputs_of(built, FIREWALL) if r.get("direction") == "EGRESS"]
 
 
 @pytest.mark.parametrize("tls_mode", ["self-signed", "provided", "letsencrypt"])
@@ -147,14 +107,14 @@ def test_port_80_opens_only_for_letsencrypt_and_8000_never(tls_mode: str) -> Non
 def test_private_network_has_no_external_address() -> None:
     built = build_network(args("private", access=PRIVATE_ACCESS))
     assert built.outputs["has_external"] is False
-    assert [a["addressType"] for a in built.of_type(ADDRESS)] == ["INTERNAL"]
-    (subnet,) = built.of_type("gcp:compute/subnetwork:Subnetwork")
+    assert [a["addressType"] for a in inputs_of(built, ADDRESS)] == ["INTERNAL"]
+    (subnet,) = inputs_of(built, "gcp:compute/subnetwork:Subnetwork")
     assert subnet["privateIpGoogleAccess"] is True
 
 
 def test_private_egress_is_denied_except_to_google_apis_on_443() -> None:
     built = build_network(args("private", access=PRIVATE_ACCESS))
-    egress = [r for r in built.of_type(FIREWALL) if r.get("direction") == "EGRESS"]
+    egress = [r for r in inputs_of(built, FIREWALL) if r.get("direction") == "EGRESS"]
     (deny,) = [r for r in egress if r.get("denies")]
     (allow,) = [r for r in egress if r.get("allows")]
     assert deny["denies"] == [{"protocol": "all"}]
@@ -171,7 +131,7 @@ def test_private_egress_is_denied_except_to_google_apis_on_443() -> None:
 
 def test_private_dns_sends_googleapis_and_pkg_dev_to_the_private_vip() -> None:
     built = build_network(args("private", access=PRIVATE_ACCESS))
-    zones = {z["dnsName"]: z for z in built.of_type("gcp:dns/managedZone:ManagedZone")}
+    zones = {z["dnsName"]: z for z in inputs_of(built, "gcp:dns/managedZone:ManagedZone")}
     assert set(zones) == {"googleapis.com.", "pkg.dev."}
     for zone in zones.values():
         assert zone["visibility"] == "private"
@@ -179,7 +139,8 @@ def test_private_dns_sends_googleapis_and_pkg_dev_to_the_private_vip() -> None:
             {"networkUrl": "https://compute/networks/vllm-vpc"}
         ]
     records = {
-        (r["name"], r["type"]): r["rrdatas"] for r in built.of_type("gcp:dns/recordSet:RecordSet")
+        (r["name"], r["type"]): r["rrdatas"]
+        for r in inputs_of(built, "gcp:dns/recordSet:RecordSet")
     }
     assert records == {
         ("private.googleapis.com.", "A"): list(PRIVATE_GOOGLE_ACCESS_IPS),
@@ -191,31 +152,31 @@ def test_private_dns_sends_googleapis_and_pkg_dev_to_the_private_vip() -> None:
 
 def test_public_network_makes_no_dns_zone_and_warns_nothing() -> None:
     built = build_network(args())
-    assert built.of_type("gcp:dns/managedZone:ManagedZone") == []
+    assert inputs_of(built, "gcp:dns/managedZone:ManagedZone") == []
     assert built.warnings == []
 
 
 def test_an_existing_vpc_and_subnet_are_used_not_created() -> None:
     built = build_network(args(vpc="shared-vpc", subnet="gpu-subnet"))
-    assert built.of_type("gcp:compute/network:Network") == []
-    assert built.of_type("gcp:compute/subnetwork:Subnetwork") == []
+    assert inputs_of(built, "gcp:compute/network:Network") == []
+    assert inputs_of(built, "gcp:compute/subnetwork:Subnetwork") == []
     assert built.outputs["subnetwork"] == "gpu-subnet"
-    assert built.named("vllm-internal-ip")["subnetwork"] == "gpu-subnet"
-    assert {r["network"] for r in built.of_type(FIREWALL)} == {"shared-vpc"}
+    assert built.named("vllm-internal-ip").plain["subnetwork"] == "gpu-subnet"
+    assert {r["network"] for r in inputs_of(built, FIREWALL)} == {"shared-vpc"}
 
 
 def test_an_existing_vpc_without_subnet_gets_the_stacks_subnet() -> None:
     built = build_network(args(vpc="shared-vpc", subnet_cidr="10.77.0.0/24"))
-    assert built.of_type("gcp:compute/network:Network") == []
-    (subnet,) = built.of_type("gcp:compute/subnetwork:Subnetwork")
+    assert inputs_of(built, "gcp:compute/network:Network") == []
+    (subnet,) = inputs_of(built, "gcp:compute/subnetwork:Subnetwork")
     assert subnet["network"] == "shared-vpc"
     assert subnet["ipCidrRange"] == "10.77.0.0/24"
 
 
 def test_private_in_an_existing_vpc_adds_no_dns_zones() -> None:
     built = build_network(args("private", access=PRIVATE_ACCESS, vpc="shared-vpc"))
-    assert built.of_type("gcp:dns/managedZone:ManagedZone") == []
-    assert [r for r in built.of_type(FIREWALL) if r.get("denies")]
+    assert inputs_of(built, "gcp:dns/managedZone:ManagedZone") == []
+    assert [r for r in inputs_of(built, FIREWALL) if r.get("denies")]
     (warning,) = built.warnings
     assert "Private Google Access" in warning
     assert "*.pkg.dev" in warning

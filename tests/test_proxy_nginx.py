@@ -25,8 +25,9 @@ from components.tls_proxy import (
     letsencrypt_script,
     render_site,
 )
-from tests.standins.nginx import NGINX, NginxProxy, free_port, main_config, write_test_pki
+from tests.standins.nginx import NGINX, NginxProxy, free_port, main_config
 from tests.standins.openai_upstream import OpenAIUpstream
+from tests.standins.pki import loopback_pki
 
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason=f"{NGINX} is not installed")
 
@@ -160,7 +161,7 @@ def test_tls_1_1_client_could_connect_elsewhere_but_is_refused(
     proxy: NginxProxy, tmp_path: Path
 ) -> None:
     # Control: this client does speak TLS 1.1 to a server that allows it.
-    _, certificate, key = write_test_pki(tmp_path)
+    _, certificate, key = loopback_pki().write(tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(certificate, key)
     server_context.minimum_version = ssl.TLSVersion.TLSv1_1
@@ -483,17 +484,15 @@ class HostLayout:
         )
 
 
-def _site_and_pki(layout: HostLayout, tmp_path: Path, api_key: str = KEY) -> dict[str, str]:
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    _, certificate, key = write_test_pki(pki)
+def _site_and_pki(layout: HostLayout, api_key: str = KEY) -> dict[str, str]:
+    pki = loopback_pki()
     site = render_site(layout.site_settings(api_key))
-    return {"site": site, "certificate": certificate.read_text(), "private_key": key.read_text()}
+    return {"site": site, "certificate": pki.certificate_pem, "private_key": pki.key_pem}
 
 
 def test_configure_step_installs_root_only_files_and_reloads(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "host")
-    files = _site_and_pki(layout, tmp_path)
+    files = _site_and_pki(layout)
     result = layout.run(configure_script(layout.paths), bundle(files))
     assert result.returncode == 0, result.stderr
     for path, content in (
@@ -516,7 +515,7 @@ def test_configure_step_installs_root_only_files_and_reloads(tmp_path: Path) -> 
 
 def test_configure_step_rolls_back_a_config_nginx_rejects(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "host")
-    good = _site_and_pki(layout, tmp_path)
+    good = _site_and_pki(layout)
     assert layout.run(configure_script(layout.paths), bundle(good)).returncode == 0
     layout.systemctl_log.unlink()
     broken = {
@@ -534,7 +533,7 @@ def test_configure_step_rolls_back_a_config_nginx_rejects(tmp_path: Path) -> Non
 
 def test_configure_step_first_failure_restores_the_default_site(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "host")
-    files = _site_and_pki(layout, tmp_path)
+    files = _site_and_pki(layout)
     files["site"] = files["site"].replace("ssl_session_tickets off;", "ssl_session_tickets nope;")
     result = layout.run(configure_script(layout.paths), bundle(files))
     assert result.returncode == 1

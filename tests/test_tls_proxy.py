@@ -28,8 +28,8 @@ from tests.harness import (
     MOCK_API_KEY,
     MOCK_PUBLIC_IP,
     MOCK_TLS_KEY,
-    RecordingMocks,
-    Registered,
+    Plan,
+    build_components,
     is_secret_value,
     plain_strings,
     unwrap,
@@ -42,35 +42,19 @@ PROVIDED_KEY = "-----BEGIN PRIVATE KEY-----\nprovided-key\n-----END PRIVATE KEY-
 COMMAND = "command:remote:Command"
 
 
-class Built:
-    def __init__(self, resources: list[Registered], outputs: dict[str, Any]) -> None:
-        self.resources = resources
-        self.outputs = outputs
-
-    def of_type(self, typ: str) -> list[Registered]:
-        return [r for r in self.resources if r.type == typ]
-
-    def named(self, name: str) -> Registered:
-        (found,) = [r for r in self.resources if r.name == name]
-        return found
-
-    def bundle(self) -> dict[str, str]:
-        stdin = self.named("vllm-nginx-site").inputs["stdin"]
-        assert is_secret_value(stdin)
-        files = {}
-        for line in unwrap(stdin).splitlines():
-            name, payload = line.split(" ", 1)
-            files[name] = base64.b64decode(payload).decode()
-        return files
+def site_bundle(built: Plan) -> dict[str, str]:
+    """The files the site step sends the host, by name (its stdin, a secret)."""
+    stdin = built.named("vllm-nginx-site").inputs["stdin"]
+    assert is_secret_value(stdin)
+    files = {}
+    for line in unwrap(stdin).splitlines():
+        name, payload = line.split(" ", 1)
+        files[name] = base64.b64decode(payload).decode()
+    return files
 
 
-def build(tls: TlsConfig, access: AccessConfig | None = None, provided: bool = False) -> Built:
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack="dev", preview=False)
-    outputs: dict[str, Any] = {}
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[Any]:
+def build(tls: TlsConfig, access: AccessConfig | None = None, provided: bool = False) -> Plan:
+    def declare() -> dict[str, object]:
         connection = remote.ConnectionArgs(host=MOCK_PUBLIC_IP, user="vllm", private_key="k")
         host_ready = remote.Command("vllm-host-ready", connection=connection, create="true")
         proxy = TlsProxy(
@@ -89,20 +73,16 @@ def build(tls: TlsConfig, access: AccessConfig | None = None, provided: bool = F
                 provided_private_key=pulumi.Output.secret(PROVIDED_KEY) if provided else None,
             ),
         )
-        ca = proxy.ca_certificate
+        return {
+            "endpoint_host": proxy.endpoint_host,
+            "ca_certificate": proxy.ca_certificate,
+            "site_id": proxy.site.id,
+        }
 
-        def collect(values: list[Any]) -> None:
-            outputs["endpoint_host"], outputs["ca_certificate"] = values
-
-        return pulumi.Output.all(proxy.endpoint_host, ca, proxy.site.id).apply(
-            lambda v: collect(v[:2])
-        )
-
-    program()
-    return Built(mocks.resources, outputs)
+    return build_components(declare)
 
 
-def _no_plain_secret(built: Built, secrets: list[str]) -> None:
+def _no_plain_secret(built: Plan, secrets: list[str]) -> None:
     for resource in built.resources:
         for text in plain_strings(resource.inputs):
             for secret in secrets:
@@ -132,12 +112,12 @@ def test_self_signed_with_a_domain_names_it_and_uses_it_as_the_host() -> None:
     assert request["dnsNames"] == ["llm.example.com"]
     assert request["ipAddresses"] == [MOCK_PUBLIC_IP]
     assert built.outputs["endpoint_host"] == "llm.example.com"
-    assert "server_name llm.example.com;" in built.bundle()["site"]
+    assert "server_name llm.example.com;" in site_bundle(built)["site"]
 
 
 def test_key_material_and_token_travel_only_in_the_secret_stdin() -> None:
     built = build(TlsConfig())
-    files = built.bundle()
+    files = site_bundle(built)
     assert set(files) == {"site", "certificate", "private_key"}
     assert files["private_key"] == MOCK_TLS_KEY
     assert f'"Bearer {MOCK_API_KEY}" 1;' in files["site"]
@@ -159,7 +139,7 @@ def test_no_certbot_and_no_acme_step_outside_letsencrypt() -> None:
 def test_provided_mode_installs_the_configured_pems() -> None:
     built = build(TlsConfig(mode="provided", domain="llm.example.com"), provided=True)
     assert not [r for r in built.resources if r.type.startswith("tls:")]
-    files = built.bundle()
+    files = site_bundle(built)
     assert files["certificate"] == PROVIDED_CERTIFICATE
     assert files["private_key"] == PROVIDED_KEY
     assert built.outputs["ca_certificate"] is None
@@ -175,7 +155,7 @@ def test_letsencrypt_runs_certbot_before_the_site_and_uses_its_paths() -> None:
     for value in ('DOMAIN="llm.example.com"', 'EMAIL="ops@example.com"', MOCK_PUBLIC_IP):
         assert value in acme["create"]
     assert acme["triggers"] == ["1234567890"]
-    files = built.bundle()
+    files = site_bundle(built)
     assert set(files) == {"site"}
     assert "ssl_certificate /etc/letsencrypt/live/llm.example.com/fullchain.pem;" in files["site"]
     assert "ssl_certificate_key /etc/letsencrypt/live/llm.example.com/privkey.pem;" in files["site"]
@@ -184,9 +164,9 @@ def test_letsencrypt_runs_certbot_before_the_site_and_uses_its_paths() -> None:
 
 def test_api_cidrs_reach_the_site() -> None:
     access = AccessConfig(api_cidrs=["10.0.0.0/8", "203.0.113.7/32"], ssh_cidrs=["10.1.0.0/16"])
-    site = build(TlsConfig(), access).bundle()["site"]
+    site = site_bundle(build(TlsConfig(), access))["site"]
     assert "    allow 10.0.0.0/8;\n    allow 203.0.113.7/32;\n    deny all;" in site
-    open_site = build(TlsConfig()).bundle()["site"]
+    open_site = site_bundle(build(TlsConfig()))["site"]
     assert "deny all;" not in open_site
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 import pulumi
 import pytest
@@ -18,8 +16,8 @@ from tests.harness import (
     MOCK_API_KEY,
     MOCK_HF_TOKEN,
     MOCK_SSH_PRIVATE_KEY,
-    RecordingMocks,
-    Registered,
+    Plan,
+    build_components,
     is_secret_value,
     plain_strings,
 )
@@ -29,31 +27,23 @@ STEPS = ("vllm-host-ready", "vllm-secrets", "vllm-run", "vllm-serving")
 COMMAND = "command:remote:Command"
 
 
-class Built:
-    def __init__(self, resources: list[Registered], api_key_secret: bool) -> None:
-        self.resources = resources
-        self.api_key_secret = api_key_secret
+def unit_text(built: Plan) -> str:
+    """The systemd unit the run step installs."""
+    return built.named("vllm-run").plain["stdin"]
 
-    def step(self, name: str) -> Registered:
-        found = [r for r in self.resources if r.name == name]
-        assert len(found) == 1, f"{name}: {[r.name for r in self.resources]}"
-        return found[0]
 
-    @property
-    def unit(self) -> str:
-        return self.step("vllm-run").plain["stdin"]
+def unit_argv(built: Plan) -> list[str]:
+    """The ExecStart line of the unit, read back the way systemd splits it."""
+    text = unit_text(built).replace("\\\n", "")
+    line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+    return systemd_split(line.removeprefix("ExecStart="))
 
-    def unit_argv(self) -> list[str]:
-        """The ExecStart line of the unit, read back the way systemd splits it."""
-        text = self.unit.replace("\\\n", "")
-        line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
-        return systemd_split(line.removeprefix("ExecStart="))
 
-    def vllm_argv(self) -> list[str]:
-        """What runs in the container: the entrypoint, then everything after the image."""
-        argv = self.unit_argv()
-        entrypoint = argv[argv.index("--entrypoint") + 1]
-        return [entrypoint, *argv[argv.index("--entrypoint") + 3 :]]
+def vllm_argv(built: Plan) -> list[str]:
+    """What runs in the container: the entrypoint, then everything after the image."""
+    argv = unit_argv(built)
+    entrypoint = argv[argv.index("--entrypoint") + 1]
+    return [entrypoint, *argv[argv.index("--entrypoint") + 3 :]]
 
 
 def build(
@@ -63,13 +53,8 @@ def build(
     hugging_face_token: str | None = None,
     image: str | None = None,
     registry_host: str | None = None,
-) -> Built:
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="vllm-gcp", stack="test", preview=False)
-    secret_flags: list[bool] = []
-
-    @pulumi.runtime.test
-    def program() -> pulumi.Output[Any]:
+) -> Plan:
+    def declare() -> dict[str, object]:
         server = VllmServer(
             "vllm",
             VllmServerArgs(
@@ -90,15 +75,9 @@ def build(
         )
         assert isinstance(server.host_ready, remote.Command)
         assert isinstance(server.serving, remote.Command)
+        return {"api_key": server.api_key}
 
-        async def collect() -> None:
-            secret_flags.append(await server.api_key.is_secret())
-
-        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
-
-    program()
-    resources = [r for r in mocks.resources if r.type != "pulumi:pulumi:Stack"]
-    return Built(resources, secret_flags == [True])
+    return build_components(declare, stack="test")
 
 
 def systemd_split(line: str) -> list[str]:
@@ -140,13 +119,13 @@ def flag_value(argv: list[str], flag: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def prod() -> Built:
+def prod() -> Plan:
     return build(ModelConfig(), hugging_face_token=MOCK_HF_TOKEN)
 
 
-def test_four_remote_steps_each_triggered_by_the_instance(prod: Built) -> None:
+def test_four_remote_steps_each_triggered_by_the_instance(prod: Plan) -> None:
     for name in STEPS:
-        step = prod.step(name)
+        step = prod.named(name)
         assert step.type == COMMAND
         assert step.plain["triggers"][0] == "1234567890"
         assert step.plain["create"] == step.plain["update"]  # re-runs in place, never replaced
@@ -155,8 +134,8 @@ def test_four_remote_steps_each_triggered_by_the_instance(prod: Built) -> None:
     assert [r.name for r in component] == ["vllm"]
 
 
-def test_the_container_runs_mistral_with_tp2_tool_calling_and_loopback_only(prod: Built) -> None:
-    argv = prod.unit_argv()
+def test_the_container_runs_mistral_with_tp2_tool_calling_and_loopback_only(prod: Plan) -> None:
+    argv = unit_argv(prod)
     assert argv[:2] == ["/usr/bin/docker", "run"]
     assert flag_value(argv, "--gpus") == "all"
     assert "--ipc=host" in argv
@@ -167,7 +146,7 @@ def test_the_container_runs_mistral_with_tp2_tool_calling_and_loopback_only(prod
     assert f"{host_paths.CACHE_DIR}/huggingface:/root/.cache/huggingface" in volumes
     assert f"{host_paths.CACHE_DIR}/vllm:/root/.cache/vllm" in volumes
 
-    served = prod.vllm_argv()
+    served = vllm_argv(prod)
     assert served[:3] == ["vllm", "serve", MISTRAL]
     assert flag_value(served, "--host") == "0.0.0.0"
     assert flag_value(served, "--port") == "8000"
@@ -185,49 +164,49 @@ def test_the_container_runs_mistral_with_tp2_tool_calling_and_loopback_only(prod
     assert "--max-model-len" not in served
 
 
-def test_unit_runs_under_systemd_and_survives_crashes_and_reboots(prod: Built) -> None:
-    unit = prod.unit
+def test_unit_runs_under_systemd_and_survives_crashes_and_reboots(prod: Plan) -> None:
+    unit = unit_text(prod)
     assert "Restart=always" in unit
     assert "WantedBy=multi-user.target" in unit
     assert "Requires=docker.service" in unit
     assert f"ExecStartPre=-/usr/bin/docker rm --force {vllm.CONTAINER_NAME}" in unit
     assert "ExecStartPre=-/usr/bin/docker pull vllm/vllm-openai:v0.32.0" in unit
-    run_script = prod.step("vllm-run").plain["create"]
+    run_script = prod.named("vllm-run").plain["create"]
     assert "docker pull" in run_script
     assert "systemctl restart" in run_script
 
 
-def test_the_key_and_token_are_only_in_secret_inputs(prod: Built) -> None:
-    assert prod.api_key_secret
+def test_the_key_and_token_are_only_in_secret_inputs(prod: Plan) -> None:
+    assert "api_key" in prod.secret_outputs
     for resource in prod.resources:
         for text in plain_strings(resource.inputs):
             assert MOCK_API_KEY not in text, f"{resource.name} carries the key in the clear"
             assert MOCK_HF_TOKEN not in text, f"{resource.name} carries the token in the clear"
-    secrets = prod.step("vllm-secrets")
+    secrets = prod.named("vllm-secrets")
     assert is_secret_value(secrets.inputs["stdin"])
     assert secrets.plain["stdin"] == f"VLLM_API_KEY={MOCK_API_KEY}\nHF_TOKEN={MOCK_HF_TOKEN}\n"
     assert secrets.plain["logging"] == "none"
     assert MOCK_API_KEY not in secrets.plain["create"]
     # The run step restarts the container on a key change through a secret trigger.
-    assert is_secret_value(prod.step("vllm-run").inputs["triggers"])
+    assert is_secret_value(prod.named("vllm-run").inputs["triggers"])
 
 
-def test_the_serving_wait_reads_the_key_from_the_root_only_file(prod: Built) -> None:
-    script = prod.step("vllm-serving").plain["create"]
+def test_the_serving_wait_reads_the_key_from_the_root_only_file(prod: Plan) -> None:
+    script = prod.named("vllm-serving").plain["create"]
     assert "--header @<(authorization_header)" in script
     assert host_paths.SECRETS_ENV_FILE in script
     assert f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/v1/models" in script
     assert f"readonly SERVED_MODEL_NAME='{MISTRAL}'" in script
 
 
-def test_huggingface_goes_offline_once_this_configuration_has_served(prod: Built) -> None:
-    argv = prod.unit_argv()
+def test_huggingface_goes_offline_once_this_configuration_has_served(prod: Plan) -> None:
+    argv = unit_argv(prod)
     assert "HF_HUB_OFFLINE" in [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
-    marker_lines = [x for x in prod.unit.splitlines() if x.startswith("EnvironmentFile=-")]
+    marker_lines = [x for x in unit_text(prod).splitlines() if x.startswith("EnvironmentFile=-")]
     assert len(marker_lines) == 1
     marker = marker_lines[0].removeprefix("EnvironmentFile=-")
     assert marker.startswith(f"{vllm.OFFLINE_MARKER_DIR}/served-")
-    assert f"readonly OFFLINE_MARKER='{marker}'" in prod.step("vllm-serving").plain["create"]
+    assert f"readonly OFFLINE_MARKER='{marker}'" in prod.named("vllm-serving").plain["create"]
 
 
 def test_two_builds_of_the_same_configuration_are_identical() -> None:
@@ -242,17 +221,17 @@ def test_two_builds_of_the_same_configuration_are_identical() -> None:
 # Update semantics
 
 
-def test_a_model_change_alters_only_the_run_and_serving_steps(prod: Built) -> None:
+def test_a_model_change_alters_only_the_run_and_serving_steps(prod: Plan) -> None:
     changed = build(
         ModelConfig(id="Qwen/Qwen2.5-32B-Instruct", max_model_len=32768),
         hugging_face_token=MOCK_HF_TOKEN,
     )
     for name in ("vllm-host-ready", "vllm-secrets", "vllm-api-key"):
-        assert changed.step(name).inputs == prod.step(name).inputs, name
+        assert changed.named(name).inputs == prod.named(name).inputs, name
     for name in ("vllm-run", "vllm-serving"):
-        assert changed.step(name).inputs != prod.step(name).inputs, name
-    assert changed.step("vllm-run").inputs["triggers"] == prod.step("vllm-run").inputs["triggers"]
-    served = changed.vllm_argv()
+        assert changed.named(name).inputs != prod.named(name).inputs, name
+    assert changed.named("vllm-run").inputs["triggers"] == prod.named("vllm-run").inputs["triggers"]
+    served = vllm_argv(changed)
     assert served[:3] == ["vllm", "serve", "Qwen/Qwen2.5-32B-Instruct"]
     assert flag_value(served, "--tool-call-parser") == "hermes"
     assert flag_value(served, "--max-model-len") == "32768"
@@ -260,22 +239,22 @@ def test_a_model_change_alters_only_the_run_and_serving_steps(prod: Built) -> No
     assert not [r for r in changed.resources if r.type.startswith("gcp:")]  # no VM here at all
 
 
-def test_a_flag_change_gets_a_new_offline_marker(prod: Built) -> None:
+def test_a_flag_change_gets_a_new_offline_marker(prod: Plan) -> None:
     changed = build(ModelConfig(gpu_memory_utilization=0.85), hugging_face_token=MOCK_HF_TOKEN)
     markers = [
-        next(x for x in built.unit.splitlines() if x.startswith("EnvironmentFile="))
+        next(x for x in unit_text(built).splitlines() if x.startswith("EnvironmentFile="))
         for built in (prod, changed)
     ]
     assert markers[0] != markers[1]
 
 
-def test_a_secret_change_reruns_secrets_run_and_serving(prod: Built) -> None:
+def test_a_secret_change_reruns_secrets_run_and_serving(prod: Plan) -> None:
     changed = build(ModelConfig(), hugging_face_token="hf_anothertoken987654321")
-    assert changed.step("vllm-host-ready").inputs == prod.step("vllm-host-ready").inputs
-    assert changed.step("vllm-secrets").plain["stdin"] != prod.step("vllm-secrets").plain["stdin"]
-    assert changed.step("vllm-run").plain["stdin"] == prod.step("vllm-run").plain["stdin"]
+    assert changed.named("vllm-host-ready").inputs == prod.named("vllm-host-ready").inputs
+    assert changed.named("vllm-secrets").plain["stdin"] != prod.named("vllm-secrets").plain["stdin"]
+    assert changed.named("vllm-run").plain["stdin"] == prod.named("vllm-run").plain["stdin"]
     for name in ("vllm-run", "vllm-serving"):
-        assert changed.step(name).plain["triggers"] != prod.step(name).plain["triggers"], name
+        assert changed.named(name).plain["triggers"] != prod.named(name).plain["triggers"], name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,9 +263,9 @@ def test_a_secret_change_reruns_secrets_run_and_serving(prod: Built) -> None:
 
 def test_a_v0_9_1_image_starts_the_openai_server_module() -> None:
     built = build(ModelConfig(image="vllm/vllm-openai:v0.9.1"))
-    argv = built.unit_argv()
+    argv = unit_argv(built)
     assert flag_value(argv, "--entrypoint") == "python3"
-    served = built.vllm_argv()
+    served = vllm_argv(built)
     assert served[:5] == ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", MISTRAL]
     assert "serve" not in served
     assert "--disable-log-requests" in served  # still a flag there: keeps prompts out of logs
@@ -305,7 +284,7 @@ def test_a_v0_9_1_image_starts_the_openai_server_module() -> None:
 def test_entrypoint_and_removed_flags_follow_the_image_version(
     image: str, entrypoint: str, log_flag: bool
 ) -> None:
-    served = build(ModelConfig(image=image)).vllm_argv()
+    served = vllm_argv(build(ModelConfig(image=image)))
     assert served[0] == entrypoint
     assert ("--disable-log-requests" in served) is log_flag
 
@@ -317,7 +296,7 @@ def test_extra_args_come_last_and_survive_systemd_quoting() -> None:
         "--max-num-seqs=64",
     ]
     built = build(ModelConfig(revision="2506-pinned", extra_args=extra))
-    served = built.vllm_argv()
+    served = vllm_argv(built)
     assert served[-3:] == extra
     assert flag_value(served, "--revision") == "2506-pinned"
 
@@ -325,23 +304,23 @@ def test_extra_args_come_last_and_survive_systemd_quoting() -> None:
 def test_an_image_mirror_is_pulled_and_run_instead_of_docker_hub() -> None:
     mirror = "us-central1-docker.pkg.dev/test-project/dockerhub/vllm/vllm-openai:v0.9.1"
     built = build(ModelConfig(image="vllm/vllm-openai:v0.9.1"), image=mirror)
-    argv = built.unit_argv()
+    argv = unit_argv(built)
     assert argv[argv.index("--entrypoint") + 2] == mirror
     assert flag_value(argv, "--entrypoint") == "python3"  # the version still comes from model.image
-    assert f"ExecStartPre=-/usr/bin/docker pull {mirror}" in built.unit
-    assert f"readonly IMAGE='{mirror}'" in built.step("vllm-run").plain["create"]
-    images = {word for word in built.unit.split() if "vllm-openai" in word}
+    assert f"ExecStartPre=-/usr/bin/docker pull {mirror}" in unit_text(built)
+    assert f"readonly IMAGE='{mirror}'" in built.named("vllm-run").plain["create"]
+    images = {word for word in unit_text(built).split() if "vllm-openai" in word}
     assert images == {mirror}
-    assert "registry-login" not in built.unit  # no host given: nothing to log in to
+    assert "registry-login" not in unit_text(built)  # no host given: nothing to log in to
 
 
 def test_the_mirror_is_logged_in_to_before_each_pull() -> None:
     mirror = "us-central1-docker.pkg.dev/test-project/dockerhub/vllm/vllm-openai:v0.32.0"
     built = build(ModelConfig(), image=mirror, registry_host="us-central1-docker.pkg.dev")
-    lines = built.unit.splitlines()
+    lines = unit_text(built).splitlines()
     login = f"ExecStartPre=-{vllm.REGISTRY_LOGIN_PATH} us-central1-docker.pkg.dev"
     assert lines.index(login) + 1 == lines.index(f"ExecStartPre=-/usr/bin/docker pull {mirror}")
-    run_script = built.step("vllm-run").plain["create"]
+    run_script = built.named("vllm-run").plain["create"]
     assert "readonly REGISTRY_HOST='us-central1-docker.pkg.dev'" in run_script
     assert "docker login --username oauth2accesstoken --password-stdin" in run_script
 
@@ -354,30 +333,30 @@ GCS_URI = "gs://my-weights-bucket/mistral-small-3.2"
 
 def test_gcs_weights_stream_on_current_images_and_never_contact_huggingface() -> None:
     built = build(ModelConfig(source="gcs", gcs_uri=GCS_URI, revision="ignored-for-gcs"))
-    served = built.vllm_argv()
+    served = vllm_argv(built)
     assert served[:3] == ["vllm", "serve", GCS_URI]
     assert flag_value(served, "--load-format") == "runai_streamer"
     assert served.count("--load-format") == 1  # Mistral's own loader cannot stream
     assert flag_value(served, "--tokenizer-mode") == "mistral"
     assert "--revision" not in served
-    argv = built.unit_argv()
+    argv = unit_argv(built)
     assert "HF_HUB_OFFLINE=1" in [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
-    assert "EnvironmentFile=" not in built.unit
-    assert "gcloud" not in built.unit
-    assert "readonly OFFLINE_MARKER=''" in built.step("vllm-serving").plain["create"]
+    assert "EnvironmentFile=" not in unit_text(built)
+    assert "gcloud" not in unit_text(built)
+    assert "readonly OFFLINE_MARKER=''" in built.named("vllm-serving").plain["create"]
 
 
 def test_gcs_weights_are_copied_to_the_cache_for_older_images() -> None:
     built = build(ModelConfig(image="vllm/vllm-openai:v0.11.0", source="gcs", gcs_uri=GCS_URI))
-    copy = next(x for x in built.unit.splitlines() if "gcloud" in x)
+    copy = next(x for x in unit_text(built).splitlines() if "gcloud" in x)
     target = copy.split()[-1]
     assert target.startswith(f"{vllm.GCS_WEIGHTS_DIR}/")
     assert copy.split()[-2] == GCS_URI
     assert "storage rsync --recursive" in copy
-    argv = built.unit_argv()
+    argv = unit_argv(built)
     volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
     assert f"{target}:{vllm.CONTAINER_GCS_WEIGHTS}:ro" in volumes
-    served = built.vllm_argv()
+    served = vllm_argv(built)
     assert served[:3] == ["vllm", "serve", vllm.CONTAINER_GCS_WEIGHTS]
     assert flag_value(served, "--load-format") == "mistral"
     assert "HF_HUB_OFFLINE=1" in argv

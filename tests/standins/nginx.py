@@ -2,14 +2,12 @@
 
 The site is rendered by `components.tls_proxy.render_site`, the function the component uses;
 only the settings differ (paths in a temporary directory, free ports, the upstream's port), never
-the text. The certificate is issued for 127.0.0.1 and localhost by a test CA made here.
+the text. The certificate is issued for 127.0.0.1 and localhost by a test CA.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -22,14 +20,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from components.tls_proxy import SiteSettings, render_site
+from tests.standins.pki import loopback_pki
 
-__all__ = ["NGINX", "NginxProxy", "free_port", "main_config", "write_test_pki"]
+__all__ = ["NGINX", "NginxProxy", "free_port", "main_config"]
 
 NGINX = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 _START_TIMEOUT_S = 10.0
@@ -39,78 +33,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def write_test_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 and localhost: (ca, certificate, key) paths."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vllm-gcp test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path = directory / "ca.pem"
-    certificate_path = directory / "server.crt"
-    key_path = directory / "server.key"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    certificate_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return ca_path, certificate_path, key_path
 
 
 def main_config(directory: Path, site_path: Path) -> str:
@@ -169,7 +91,7 @@ class NginxProxy:
             (self.directory / "temp" / name).mkdir(parents=True)
             (self.directory / "temp" / name).chmod(0o777)
         (self.directory / "acme").mkdir()
-        self.ca_path, certificate_path, key_path = write_test_pki(self.directory)
+        self.ca_path, certificate_path, key_path = loopback_pki().write(self.directory)
         self.https_port = free_port()
         self.http_port = free_port()
         self.https_url = f"https://127.0.0.1:{self.https_port}"
