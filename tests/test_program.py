@@ -161,3 +161,78 @@ def test_a_stack_file_without_the_user_values_registers_nothing() -> None:
     with pytest.raises(ConfigError, match="pulumi config set gcp:project"):
         run_program(stack_file("dev"), stack="dev", mocks=mocks)
     assert mocks.resources == []
+
+
+PRIVATE: dict[str, Any] = {
+    "vllm-gcp:network": {"exposure": "private", "sshJumpHost": "ops@10.0.0.5"},
+    "vllm-gcp:access": {"apiCidrs": ["10.20.0.0/16"], "sshCidrs": ["10.10.0.5/32"]},
+    "vllm-gcp:host": {"image": "projects/test-project/global/images/vllm-host-2404-nvidia-580"},
+    "vllm-gcp:mirror": {"dockerRemote": True, "aptRemote": True},
+    "vllm-gcp:model": {"source": "gcs", "gcsUri": "gs://weights-bucket/models/mistral-small"},
+}
+
+
+def test_private_mode_plans_a_host_with_no_route_to_the_internet() -> None:
+    result = plan("prod", PRIVATE)
+    instance = result.one(INSTANCE).plain
+    (interface,) = instance["networkInterfaces"]
+    assert not interface.get("accessConfigs")
+    addresses = [r.plain for r in result.of_type("gcp:compute/address:Address")]
+    assert [a.get("addressType") for a in addresses] == ["INTERNAL"]
+    subnet = result.one("gcp:compute/subnetwork:Subnetwork").plain
+    assert subnet["privateIpGoogleAccess"] is True
+
+    egress = [
+        r.plain
+        for r in result.of_type("gcp:compute/firewall:Firewall")
+        if r.plain.get("direction") == "EGRESS"
+    ]
+    denies = [rule for rule in egress if rule.get("denies")]
+    allows = [rule for rule in egress if rule.get("allows")]
+    assert [rule["destinationRanges"] for rule in denies] == [["0.0.0.0/0"]]
+    assert [rule["destinationRanges"] for rule in allows] == [["199.36.153.8/30"]]
+    assert all(allow["priority"] < denies[0]["priority"] for allow in allows)
+    ingress_sources = {
+        source
+        for r in result.of_type("gcp:compute/firewall:Firewall")
+        if r.plain.get("direction", "INGRESS") == "INGRESS"
+        for source in r.plain.get("sourceRanges", [])
+    }
+    assert ingress_sources <= {"10.20.0.0/16", "10.10.0.5/32"}
+
+    assert result.outputs["publicIp"] is None
+    assert result.outputs["endpoint"] == f"https://{result.outputs['privateIp']}/v1"
+    for command in result.of_type(REMOTE_COMMAND):
+        connection = command.plain["connection"]
+        assert connection["host"] == result.outputs["privateIp"]
+        assert connection["proxy"]["host"] == "10.0.0.5"
+
+
+def test_private_mode_pulls_through_the_mirror_and_reads_only_its_bucket_prefix() -> None:
+    result = plan("prod", PRIVATE)
+    repositories = [r.plain for r in result.of_type("gcp:artifactregistry/repository:Repository")]
+    assert {r["format"] for r in repositories} == {"DOCKER", "APT"}
+    assert all(r["mode"] == "REMOTE_REPOSITORY" for r in repositories)
+    grants = [
+        r.plain
+        for r in result.of_type("gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")
+    ]
+    assert grants
+    assert {g["role"] for g in grants} == {"roles/artifactregistry.reader"}
+    bucket_grants = [r.plain for r in result.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")]
+    assert len(bucket_grants) == 1
+    assert bucket_grants[0]["bucket"] == "weights-bucket"
+    assert "models/mistral-small" in bucket_grants[0]["condition"]["expression"]
+    project_roles = {r.plain["role"] for r in result.of_type("gcp:projects/iAMMember:IAMMember")}
+    assert project_roles == {"roles/logging.logWriter", "roles/monitoring.metricWriter"}
+
+    # What the remote steps send: their scripts and what they write on stdin.
+    run_steps = [
+        (c.plain.get("create") or "") + (c.plain.get("stdin") or "")
+        for c in result.of_type(REMOTE_COMMAND)
+    ]
+    mirrored = "us-central1-docker.pkg.dev/test-project/"
+    assert any(mirrored in step for step in run_steps)
+    assert not any("docker pull vllm/vllm-openai" in step for step in run_steps)
+    assert any("gs://weights-bucket/models/mistral-small" in step for step in run_steps)
+    assert "us-central1-apt.pkg.dev" in result.one(INSTANCE).plain["metadata"]["startup-script"]
