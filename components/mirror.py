@@ -312,7 +312,7 @@ class Mirror(pulumi.ComponentResource):
         bucket, prefix = gcs_location(gcs_uri)
         condition = None
         if prefix:
-            # Conditions on a bucket need uniform bucket-level access (docs/parts/airgap.md).
+            # Conditions on a bucket need uniform bucket-level access (README, air-gapped section).
             condition = gcp.storage.BucketIAMMemberConditionArgs(
                 title="vllm-gcp weights prefix",
                 description=f"Read and list {gcs_uri} only",

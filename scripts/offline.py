@@ -94,6 +94,8 @@ def _fake_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]
             ]
         fakes["networkInterfaces"] = [first, *interfaces[1:]]
         fakes["instanceId"] = "1234567890"
+        # The provider auto-names an instance without a name from its resource name.
+        fakes["name"] = inputs.get("name") or name
         fakes["selfLink"] = f"https://compute/zones/z/instances/{inputs.get('name', name)}"
     elif typ in ("gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork"):
         fakes["selfLink"] = f"https://compute/{typ.rsplit(':', 1)[-1].lower()}s/{name}"
@@ -145,6 +147,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self, args: pulumi.runtime.MockCallArgs
     ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None
+
+
+def use_new_event_loop() -> None:
+    """Give the engine's mocks an event loop of their own: code run before (an `asyncio.run`,
+    say) may have closed and unset the current one, and the mocks need one to register."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 class WarningCollector(logging.Handler):
@@ -204,6 +212,7 @@ def run_program(
     """Run __main__.py with this configuration; secrets are set as secret config values."""
     mocks = mocks or RecordingMocks()
     collector = WarningCollector(f"vllm-gcp-test-{id(mocks)}")
+    use_new_event_loop()
     pulumi.runtime.set_mocks(
         mocks, project="vllm-gcp", stack=stack, preview=preview, logger=collector.logger
     )

@@ -28,6 +28,7 @@ from scripts.offline import (
     plain_strings,
     run_program,
     unwrap,
+    use_new_event_loop,
 )
 
 __all__ = [
@@ -94,6 +95,7 @@ def build_components(
     the warnings logged."""
     mocks = RecordingMocks()
     collector = WarningCollector(f"vllm-gcp-build-{id(mocks)}")
+    use_new_event_loop()
     pulumi.runtime.set_mocks(
         mocks,
         project="vllm-gcp",

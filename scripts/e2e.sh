@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# End-to-end test on a real GCP project: a short-lived stack from the dev configuration,
+# `pulumi up`, the smoke test, `pulumi destroy`, and the stack removed, also when a step fails.
+#
+#   GCP_PROJECT=my-project SSH_CIDR=203.0.113.7/32 scripts/e2e.sh
+#
+# It creates billable resources (the dev stack's GPU VM) for the length of the run; the summary
+# at the end prints the machine type, whether it was Spot, and the elapsed time.
+# Environment: GCP_PROJECT and SSH_CIDR (required); VLLM_GCP_PYTHON, the Python that runs the
+# smoke test (default: the project's venv, else python3).
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK="e2e-$(date -u +%Y%m%d-%H%M%S)-${RANDOM}"
+readonly REPO_DIR STACK
+readonly SOURCE_STACK="dev"
+readonly SOURCE_FILE="${REPO_DIR}/stacks/Pulumi.${SOURCE_STACK}.yaml"
+readonly STACK_FILE="${REPO_DIR}/stacks/Pulumi.${STACK}.yaml"
+
+stack_created=false
+machine_type="unknown"
+provisioning="unknown"
+
+log() {
+  printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2
+}
+
+die() {
+  log "error: $*"
+  exit 2
+}
+
+default_python() {
+  if [[ -x "${REPO_DIR}/venv/bin/python" ]]; then
+    printf '%s\n' "${REPO_DIR}/venv/bin/python"
+  else
+    printf '%s\n' python3
+  fi
+}
+
+check_requirements() {
+  [[ -n "${GCP_PROJECT:-}" ]] || die "set GCP_PROJECT to the GCP project to test in"
+  [[ -n "${SSH_CIDR:-}" ]] || die "set SSH_CIDR to your public address, e.g. 203.0.113.7/32"
+  command -v pulumi >/dev/null || die "the pulumi CLI is not on PATH"
+  [[ -f "${SOURCE_FILE}" ]] || die "${SOURCE_FILE} is missing"
+}
+
+# The new stack gets the dev stack's configuration. Plain values are appended to the stack file
+# `pulumi stack init` wrote (keeping its encryption settings); secrets are encrypted per stack, so
+# a dev file holding any is copied with `pulumi config cp`, which needs the dev stack to exist.
+copy_dev_config() {
+  if grep -q 'secure:' "${SOURCE_FILE}"; then
+    log "copying the ${SOURCE_STACK} stack's configuration, secrets included (pulumi config cp)"
+    pulumi config cp --stack "${SOURCE_STACK}" --dest "${STACK}"
+    return
+  fi
+  if [[ -f "${STACK_FILE}" ]] && grep -q '^config:' "${STACK_FILE}"; then
+    die "${STACK_FILE} already has a config block"
+  fi
+  log "copying ${SOURCE_FILE#"${REPO_DIR}/"} into ${STACK_FILE#"${REPO_DIR}/"}"
+  sed -n '/^config:/,$p' "${SOURCE_FILE}" >>"${STACK_FILE}"
+}
+
+create_stack() {
+  log "creating stack ${STACK}"
+  pulumi stack init "${STACK}" --non-interactive
+  stack_created=true
+  copy_dev_config
+  pulumi config set --stack "${STACK}" gcp:project "${GCP_PROJECT}"
+  pulumi config set --stack "${STACK}" --path 'vllm-gcp:access.sshCidrs[0]' "${SSH_CIDR}"
+  machine_type="$(pulumi config get --stack "${STACK}" --path 'vllm-gcp:host.machineType')"
+  provisioning="$(pulumi config get --stack "${STACK}" --path 'vllm-gcp:host.provisioning')"
+  log "machine type ${machine_type}, provisioning ${provisioning}"
+}
+
+deploy() {
+  log "pulumi up (a first start downloads the model: allow up to an hour)"
+  pulumi up --stack "${STACK}" --yes --skip-preview --non-interactive
+}
+
+smoke_test() {
+  local python
+  python="${VLLM_GCP_PYTHON:-$(default_python)}"
+  log "smoke test"
+  (cd "${REPO_DIR}" && "${python}" -m scripts.smoke_test --stack "${STACK}")
+}
+
+# Destroys and removes the stack; keeps it (and says how to finish) when destroy fails, since
+# removing a stack that still has resources would orphan them.
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [[ "${stack_created}" == true ]]; then
+    log "destroying stack ${STACK}"
+    if pulumi destroy --stack "${STACK}" --yes --skip-preview --non-interactive; then
+      pulumi stack rm --stack "${STACK}" --yes --non-interactive || status=1
+      rm -f "${STACK_FILE}"
+    else
+      log "destroy failed: finish with 'pulumi destroy --stack ${STACK}' and 'pulumi stack rm ${STACK}'"
+      status=1
+    fi
+  fi
+  log "summary: stack ${STACK}, machine type ${machine_type}, spot $([[ "${provisioning}" == spot ]] && echo yes || echo no), elapsed $((SECONDS / 60))m$((SECONDS % 60))s, $([[ ${status} -eq 0 ]] && echo passed || echo "failed (exit ${status})")"
+  exit "${status}"
+}
+
+main() {
+  check_requirements
+  cd "${REPO_DIR}"
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  create_stack
+  deploy
+  smoke_test
+}
+
+main "$@"

@@ -1,0 +1,174 @@
+"""Which endpoint the operator tools talk to: a stack's outputs, or an explicit URL, key and model.
+
+Shared by the smoke test and the load benchmark:
+
+    --stack NAME                        reads `pulumi stack output --json --show-secrets`
+    --endpoint URL --api-key KEY --model NAME [--ca-cert PATH] [--host-header HOST]
+
+The API key may come from VLLM_GCP_API_KEY instead of --api-key, which keeps it out of the shell
+history and the process list. `--host-header` sends that Host (and TLS server name) while
+connecting to the URL's address, as `curl --resolve` does: for a domain whose DNS is not set yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+from collections.abc import Generator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import certifi
+
+API_KEY_ENV = "VLLM_GCP_API_KEY"
+PULUMI_ENV = "VLLM_GCP_PULUMI"  # the pulumi command; tests stand one in
+
+
+class EndpointError(Exception):
+    """The endpoint cannot be determined; the message says why and what to pass."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str  # https://<host>/v1
+    api_key: str
+    model: str
+    ca_cert: Path | None = None
+    host_header: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """scheme://host[:port], the base URL without /v1."""
+        parts = urlsplit(self.base_url)
+        return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+    @property
+    def server_name(self) -> str:
+        """The name the server certificate must carry: the Host header's, else the URL's."""
+        return self.host_header or (urlsplit(self.base_url).hostname or "")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        parts = urlsplit(self.base_url)
+        default_port = 443 if parts.scheme == "https" else 80
+        return parts.hostname or "", parts.port or default_port
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trust the given CA only, else the system's and certifi's roots."""
+        if self.ca_cert is not None:
+            return ssl.create_default_context(cafile=str(self.ca_cert))
+        context = ssl.create_default_context()
+        context.load_verify_locations(cafile=certifi.where())
+        return context
+
+    def headers(self) -> dict[str, str]:
+        return {"Host": self.host_header} if self.host_header else {}
+
+    def request_extensions(self) -> dict[str, Any]:
+        """httpx (and httpx2) per-request extensions: the TLS server name for --host-header."""
+        return {"sni_hostname": self.host_header} if self.host_header else {}
+
+
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("endpoint (either --stack or --endpoint, --api-key, --model)")
+    group.add_argument(
+        "--stack", help="read endpoint, apiKey, model and caCertificate from a stack"
+    )
+    group.add_argument("--endpoint", help="the base URL, e.g. https://203.0.113.10/v1")
+    group.add_argument("--api-key", help=f"the bearer token (or set {API_KEY_ENV})")
+    group.add_argument("--model", help="the served model name")
+    group.add_argument("--ca-cert", type=Path, help="PEM file of the CA to trust for this endpoint")
+    group.add_argument(
+        "--host-header", help="send this Host (and TLS server name) to the URL's address"
+    )
+
+
+def normalise_base_url(url: str) -> str:
+    """https://host[:port]/v1 from a base URL, an origin or the connector URL."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise EndpointError(f"--endpoint {url!r} is not a URL such as https://203.0.113.10/v1")
+    path = parts.path.rstrip("/")
+    for suffix in ("/chat/completions", "/completions", "/models"):
+        path = path.removesuffix(suffix)
+    if not path.endswith("/v1"):
+        path += "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def stack_outputs(stack: str) -> dict[str, Any]:
+    """The stack's outputs, secrets in plain text (read from `pulumi stack output`)."""
+    pulumi = os.environ.get(PULUMI_ENV) or shutil.which("pulumi")
+    if not pulumi:
+        raise EndpointError(
+            "--stack needs the pulumi CLI on PATH; or pass --endpoint and --api-key"
+        )
+    command = [pulumi, "stack", "output", "--json", "--show-secrets", "--stack", stack]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise EndpointError(
+            f"pulumi stack output failed for stack {stack!r}: {result.stderr.strip()}"
+        )
+    try:
+        outputs = json.loads(result.stdout)
+    except json.JSONDecodeError as error:
+        raise EndpointError(f"pulumi stack output printed no JSON: {error}") from None
+    if not isinstance(outputs, dict):
+        raise EndpointError("pulumi stack output printed no JSON object")
+    return dict(outputs)
+
+
+@contextmanager
+def resolve_endpoint(args: argparse.Namespace) -> Generator[Endpoint]:
+    """The endpoint the arguments name; a stack's CA is in a temporary file while it is in use."""
+    api_key = args.api_key or os.environ.get(API_KEY_ENV)
+    if args.stack:
+        if args.endpoint:
+            raise EndpointError("give either --stack or --endpoint, not both")
+        outputs = stack_outputs(args.stack)
+        missing = [key for key in ("endpoint", "apiKey", "model") if not outputs.get(key)]
+        if missing:
+            raise EndpointError(
+                f"stack {args.stack!r} has no output {', '.join(missing)}: has `pulumi up` run?"
+            )
+        with tempfile.TemporaryDirectory(prefix="vllm-gcp-ca-") as directory:
+            ca_cert = args.ca_cert
+            if ca_cert is None and outputs.get("caCertificate"):
+                ca_cert = Path(directory) / "ca.pem"
+                ca_cert.write_text(str(outputs["caCertificate"]))
+            yield Endpoint(
+                base_url=normalise_base_url(str(outputs["endpoint"])),
+                api_key=api_key or str(outputs["apiKey"]),
+                model=args.model or str(outputs["model"]),
+                ca_cert=ca_cert,
+                host_header=args.host_header,
+            )
+        return
+    missing_args = [
+        flag
+        for flag, value in (
+            ("--endpoint", args.endpoint),
+            ("--api-key", api_key),
+            ("--model", args.model),
+        )
+        if not value
+    ]
+    if missing_args:
+        raise EndpointError(f"give --stack NAME, or {', '.join(missing_args)}")
+    if args.ca_cert is not None and not args.ca_cert.is_file():
+        raise EndpointError(f"--ca-cert {args.ca_cert} is not a file")
+    yield Endpoint(
+        base_url=normalise_base_url(args.endpoint),
+        api_key=str(api_key),
+        model=args.model,
+        ca_cert=args.ca_cert,
+        host_header=args.host_header,
+    )

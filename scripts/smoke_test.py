@@ -1,0 +1,360 @@
+"""Checks a deployed endpoint the way Elastic's OpenAI connector uses it; exit 0 when all pass.
+
+    python -m scripts.smoke_test --stack dev
+    python -m scripts.smoke_test --endpoint https://203.0.113.10/v1 --api-key KEY \\
+        --model Qwen/Qwen2.5-7B-Instruct --ca-cert ca.pem [--host-header llm.example.com]
+
+One line per check with its timing; a failed check says what failed and its likely cause. The API
+calls go through the official `openai` client, as Kibana's connector speaks the same protocol;
+the TLS handshake, the request without a key and the routes outside /v1 are checked directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import httpx2
+import openai
+
+from scripts.endpoint_args import Endpoint, EndpointError, add_endpoint_arguments, resolve_endpoint
+
+# Routes vLLM serves without its API key: the proxy must not expose them (DESIGN.md).
+ROUTES_OUTSIDE_V1 = ("/metrics", "/health", "/tokenize", "/version", "/docs")
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_current_time",
+        "description": "Returns the current time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"timezone": {"type": "string", "description": "e.g. Europe/Paris"}},
+            "required": ["timezone"],
+        },
+    },
+}
+FIREWALL_HINT = (
+    "check that your address is in access.apiCidrs (the firewall) and that the host is running"
+)
+CA_HINT = "certificate not trusted: pass --ca-cert (the stack's caCertificate output)"
+# SSL verify code for a certificate that does not name the host (X509_V_ERR_HOSTNAME_MISMATCH).
+HOSTNAME_MISMATCH = 62
+
+
+class CheckFailed(Exception):
+    """A check's failure: the message is what failed and its likely cause."""
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    status: str  # PASS, FAIL or SKIP
+    seconds: float
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "PASS"
+
+    def line(self) -> str:
+        return f"{self.status}  {self.name:<32} {self.seconds * 1000:>7.0f} ms  {self.detail}"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def explain_connection_error(error: BaseException, endpoint: Endpoint) -> str:
+    """The likely cause of a failure to connect, from the exception and its causes."""
+    host, port = endpoint.address
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            if cause.verify_code == HOSTNAME_MISMATCH:
+                return (
+                    f"the certificate does not name {endpoint.server_name}: use the stack's "
+                    "endpoint, or --host-header with the name it was issued for"
+                )
+            if endpoint.ca_cert is not None:
+                return (
+                    f"certificate not trusted by --ca-cert {endpoint.ca_cert}: is it this "
+                    f"stack's caCertificate? ({cause.verify_message})"
+                )
+            return CA_HINT
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused by {host}:{port}: is Nginx running on the host?"
+        if isinstance(cause, TimeoutError | httpx.TimeoutException | httpx2.TimeoutException):
+            return f"no answer from {host}:{port} in time: {FIREWALL_HINT}"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {host}: check the endpoint URL (or the domain's DNS record)"
+    return f"cannot reach {host}:{port} ({error}): {FIREWALL_HINT}"
+
+
+def explain_api_error(error: openai.OpenAIError, endpoint: Endpoint) -> str:
+    if isinstance(error, openai.AuthenticationError):
+        return "401: the API key was refused"
+    if isinstance(error, openai.PermissionDeniedError):
+        return "403: your address is not in access.apiCidrs"
+    if isinstance(error, openai.RateLimitError):
+        return "429: too many failed attempts from your address; wait a minute and retry"
+    if isinstance(error, openai.NotFoundError):
+        return (
+            f"404: the endpoint does not serve model {endpoint.model!r}: check --model or "
+            "model.servedName"
+        )
+    if isinstance(error, openai.APIConnectionError):
+        return explain_connection_error(error, endpoint)
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}: {error.message}"
+    return str(error)
+
+
+# ------------------------------------------------------------------------------------------------
+# The checks: each returns the detail shown on success or raises CheckFailed.
+
+
+def check_tls(endpoint: Endpoint, timeout: float) -> str:
+    if not endpoint.base_url.startswith("https://"):
+        raise CheckFailed("the endpoint is not HTTPS: the stack serves https://<host>/v1")
+    try:
+        with (
+            socket.create_connection(endpoint.address, timeout=timeout) as raw,
+            endpoint.ssl_context().wrap_socket(raw, server_hostname=endpoint.server_name) as tls,
+        ):
+            version = tls.version()
+            certificate = tls.getpeercert() or {}
+    except (OSError, ssl.SSLError) as error:
+        raise CheckFailed(explain_connection_error(error, endpoint)) from None
+    expires = certificate.get("notAfter")
+    return f"{version}, certificate for {endpoint.server_name} valid until {expires}"
+
+
+def check_refuses_unauthenticated(
+    endpoint: Endpoint, http: httpx.Client, wrong_key_client: openai.OpenAI
+) -> str:
+    response = http.get(f"{endpoint.base_url}/models", extensions=endpoint.request_extensions())
+    if response.status_code == 403:
+        raise CheckFailed("403: your address is not in access.apiCidrs")
+    if response.status_code != 401:
+        raise CheckFailed(
+            f"a request without a key got {response.status_code}, not 401: the proxy's "
+            "token check is not in place"
+        )
+    try:
+        wrong_key_client.models.list()
+    except openai.AuthenticationError:
+        return "no key and a wrong key both get 401"
+    except openai.OpenAIError as error:
+        raise CheckFailed(f"a wrong key: {explain_api_error(error, endpoint)}") from None
+    raise CheckFailed("a wrong key was accepted: the proxy's token check is not in place")
+
+
+def check_models(endpoint: Endpoint, client: openai.OpenAI) -> str:
+    served = [model.id for model in client.models.list()]
+    if endpoint.model not in served:
+        raise CheckFailed(
+            f"model {endpoint.model!r} is not listed (served: {', '.join(served) or 'none'}): "
+            "check --model or model.servedName"
+        )
+    return f"lists {endpoint.model}"
+
+
+def check_chat(endpoint: Endpoint, client: openai.OpenAI) -> str:
+    completion = client.chat.completions.create(
+        model=endpoint.model,
+        messages=[{"role": "user", "content": "Reply with one word: ready."}],
+        max_tokens=32,
+        temperature=0,
+    )
+    if not completion.choices:
+        raise CheckFailed("the completion has no choices")
+    content = completion.choices[0].message.content or ""
+    if not content.strip():
+        raise CheckFailed("the completion is empty")
+    tokens = completion.usage.completion_tokens if completion.usage else "?"
+    return f"{tokens} tokens: {content.strip()[:40]!r}"
+
+
+def check_stream(endpoint: Endpoint, client: openai.OpenAI) -> str:
+    started = time.perf_counter()
+    first_event: float | None = None
+    first_token: float | None = None
+    events = 0
+    stream = client.chat.completions.create(
+        model=endpoint.model,
+        messages=[{"role": "user", "content": "Count from 1 to 5."}],
+        max_tokens=32,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        now = time.perf_counter() - started
+        events += 1
+        first_event = now if first_event is None else first_event
+        if first_token is None and chunk.choices and chunk.choices[0].delta.content:
+            first_token = now
+    if first_event is None or first_token is None:
+        raise CheckFailed(
+            f"the stream delivered {events} event(s) and no tokens: a proxy buffering the "
+            "response? (the site sets proxy_buffering off)"
+        )
+    return (
+        f"first event {first_event * 1000:.0f} ms, first token {first_token * 1000:.0f} ms, "
+        f"{events} events"
+    )
+
+
+def check_tools(endpoint: Endpoint, client: openai.OpenAI) -> str:
+    try:
+        completion = client.chat.completions.create(
+            model=endpoint.model,
+            messages=[
+                {
+                    "role": "user",
+                    "content": "What time is it in Paris? Use the get_current_time tool.",
+                }
+            ],
+            tools=[TOOL],  # pyright: ignore[reportArgumentType]
+            tool_choice="auto",
+            max_tokens=128,
+            temperature=0,
+        )
+    except openai.BadRequestError as error:
+        raise CheckFailed(
+            f"the server refused a request with tools ({error.message}): check model.toolCallParser"
+        ) from None
+    calls = completion.choices[0].message.tool_calls if completion.choices else None
+    if not calls:
+        raise CheckFailed("the model answered without tool_calls: check model.toolCallParser")
+    call = calls[0]
+    function = getattr(call, "function", None)
+    name = getattr(function, "name", "?")
+    arguments = getattr(function, "arguments", "")
+    return f"called {name}({arguments})"
+
+
+def check_outside_v1(endpoint: Endpoint, http: httpx.Client) -> str:
+    # With the right key: the key must not unlock vLLM's unguarded routes either.
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
+    answered: dict[str, int] = {}
+    for route in ROUTES_OUTSIDE_V1:
+        response = http.get(
+            f"{endpoint.origin}{route}", headers=headers, extensions=endpoint.request_extensions()
+        )
+        answered[route] = response.status_code
+    served = [route for route, status in answered.items() if status < 300]
+    if served:
+        raise CheckFailed(f"the proxy serves routes outside /v1: {', '.join(served)} answered")
+    statuses = sorted(set(answered.values()))
+    return f"{' '.join(ROUTES_OUTSIDE_V1)} answer {', '.join(map(str, statuses))}"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _openai_client(endpoint: Endpoint, api_key: str, timeout: float) -> openai.OpenAI:
+    extensions = endpoint.request_extensions()
+
+    def set_server_name(request: httpx2.Request) -> None:
+        request.extensions.update(extensions)
+
+    http_client = openai.DefaultHttpxClient(
+        verify=endpoint.ssl_context(), event_hooks={"request": [set_server_name]}
+    )
+    return openai.OpenAI(
+        base_url=endpoint.base_url,
+        api_key=api_key,
+        max_retries=0,
+        timeout=timeout,
+        default_headers=endpoint.headers(),
+        http_client=http_client,
+    )
+
+
+def run_checks(
+    endpoint: Endpoint, timeout: float, report: Callable[[Result], None]
+) -> list[Result]:
+    """Run every check in order, reporting each as it finishes; without TLS the rest are skipped."""
+    results: list[Result] = []
+
+    def run(name: str, check: Callable[[], str]) -> None:
+        started = time.perf_counter()
+        try:
+            detail, status = check(), "PASS"
+        except CheckFailed as failure:
+            detail, status = str(failure), "FAIL"
+        except openai.OpenAIError as error:
+            detail, status = explain_api_error(error, endpoint), "FAIL"
+        except httpx.HTTPError as error:
+            detail, status = explain_connection_error(error, endpoint), "FAIL"
+        results.append(Result(name, status, time.perf_counter() - started, detail))
+        report(results[-1])
+
+    run("TLS handshake and trust", lambda: check_tls(endpoint, timeout))
+    client = _openai_client(endpoint, endpoint.api_key, timeout)
+    wrong_key_client = _openai_client(endpoint, "wrong-" + endpoint.api_key[:8], timeout)
+    with (
+        httpx.Client(
+            verify=endpoint.ssl_context(), timeout=timeout, headers=endpoint.headers()
+        ) as http,
+        client,
+        wrong_key_client,
+    ):
+        api_checks: list[tuple[str, Callable[[], str]]] = [
+            (
+                "no or wrong key gives 401",
+                lambda: check_refuses_unauthenticated(endpoint, http, wrong_key_client),
+            ),
+            ("/v1/models lists the model", lambda: check_models(endpoint, client)),
+            ("chat completion answers", lambda: check_chat(endpoint, client)),
+            ("streamed completion delivers", lambda: check_stream(endpoint, client)),
+            ("tool request returns tool_calls", lambda: check_tools(endpoint, client)),
+            ("routes outside /v1 not served", lambda: check_outside_v1(endpoint, http)),
+        ]
+        for name, check in api_checks:
+            if results[0].passed:
+                run(name, check)
+            else:
+                results.append(Result(name, "SKIP", 0.0, "no secure connection"))
+                report(results[-1])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.smoke_test", description=(__doc__ or "").split("\n", 1)[0]
+    )
+    add_endpoint_arguments(parser)
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds per request (default 120)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        with resolve_endpoint(args) as endpoint:
+            via = f" via Host {endpoint.host_header}" if endpoint.host_header else ""
+            print(f"Smoke test of {endpoint.base_url}{via}, model {endpoint.model}", flush=True)
+            results = run_checks(endpoint, args.timeout, lambda r: print(r.line(), flush=True))
+    except EndpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    passed = sum(result.passed for result in results)
+    if passed == len(results):
+        print(f"All {passed} checks passed.")
+        return 0
+    print(f"{passed} of {len(results)} checks passed.")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
