@@ -30,6 +30,8 @@ MOCK_SSH_PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nmock-ssh-key\n-----END OPENSSH PRIVATE KEY-----\n"
 )
 MOCK_TLS_KEY = "-----BEGIN PRIVATE KEY-----\nmock-tls-key\n-----END PRIVATE KEY-----\n"
+# Every stand-in secret: none may appear outside a secret value, nor in a redacted file.
+MOCK_SECRETS = (MOCK_API_KEY, MOCK_HF_TOKEN, MOCK_KIBANA_KEY, MOCK_SSH_PRIVATE_KEY, MOCK_TLS_KEY)
 
 _SECRET_SIG = rpc._special_secret_sig  # pyright: ignore[reportPrivateUsage]
 _SIG_KEY = rpc._special_sig_key  # pyright: ignore[reportPrivateUsage]

@@ -10,15 +10,9 @@ import yaml
 
 from scripts import plan
 from tests.harness import (
-    MOCK_API_KEY,
-    MOCK_HF_TOKEN,
-    MOCK_KIBANA_KEY,
-    MOCK_SSH_PRIVATE_KEY,
-    MOCK_TLS_KEY,
+    MOCK_SECRETS,
     ROOT,
 )
-
-MOCK_SECRETS = (MOCK_API_KEY, MOCK_HF_TOKEN, MOCK_KIBANA_KEY, MOCK_SSH_PRIVATE_KEY, MOCK_TLS_KEY)
 
 
 def _assert_no_secret(directory: Path, secrets: tuple[str, ...]) -> None:

@@ -12,8 +12,7 @@ from tests.harness import (
     MOCK_API_KEY,
     MOCK_HF_TOKEN,
     MOCK_KIBANA_KEY,
-    MOCK_SSH_PRIVATE_KEY,
-    MOCK_TLS_KEY,
+    MOCK_SECRETS,
     Plan,
     RecordingMocks,
     Registered,
@@ -41,7 +40,6 @@ CONTRACT_OUTPUTS = {
     "sshPrivateKey",
 }
 SECRET_OUTPUTS = {"apiKey", "kibanaConnector", "sshPrivateKey"}
-MOCK_SECRETS = (MOCK_API_KEY, MOCK_HF_TOKEN, MOCK_KIBANA_KEY, MOCK_SSH_PRIVATE_KEY, MOCK_TLS_KEY)
 
 
 def plan(stack: str, *overrides: dict[str, Any], secrets: dict[str, str] | None = None) -> Plan:
