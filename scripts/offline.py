@@ -151,9 +151,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}, None
 
 
-def use_new_event_loop() -> None:
-    """Give the engine's mocks an event loop of their own: code run before (an `asyncio.run`,
-    say) may have closed and unset the current one, and the mocks need one to register."""
+def ensure_event_loop() -> None:
+    """Give the engine's mocks an open event loop: code run before (an `asyncio.run`, say) may
+    have closed and unset the current one, and the mocks need one to register resources."""
+    try:
+        if not asyncio.get_event_loop().is_closed():
+            return
+    except RuntimeError:
+        pass
     asyncio.set_event_loop(asyncio.new_event_loop())
 
 
@@ -214,7 +219,7 @@ def run_program(
     """Run __main__.py with this configuration; secrets are set as secret config values."""
     mocks = mocks or RecordingMocks()
     collector = WarningCollector(f"vllm-gcp-test-{id(mocks)}")
-    use_new_event_loop()
+    ensure_event_loop()
     pulumi.runtime.set_mocks(
         mocks, project="vllm-gcp", stack=stack, preview=preview, logger=collector.logger
     )

@@ -25,11 +25,11 @@ from scripts.offline import (
     RecordingMocks,
     Registered,
     WarningCollector,
+    ensure_event_loop,
     is_secret_value,
     plain_strings,
     run_program,
     unwrap,
-    use_new_event_loop,
 )
 
 __all__ = [
@@ -97,7 +97,7 @@ def build_components(
     the warnings logged."""
     mocks = RecordingMocks()
     collector = WarningCollector(f"vllm-gcp-build-{id(mocks)}")
-    use_new_event_loop()
+    ensure_event_loop()
     pulumi.runtime.set_mocks(
         mocks,
         project="vllm-gcp",
