@@ -151,8 +151,9 @@ class ElasticIntegration(pulumi.ComponentResource):
                 KibanaConnectorArgs(
                     kibana_url=elastic.base_url,
                     space=elastic.space,
+                    # Not the organization: moving the stack to another backend must not
+                    # replace the connector that Kibana's assistants point at.
                     connector_id=connector_id_for(
-                        pulumi.get_organization() or "",
                         pulumi.get_project(),
                         args.stack,
                         elastic.base_url,

@@ -292,7 +292,11 @@ class Mirror(pulumi.ComponentResource):
             mode="REMOTE_REPOSITORY",
             description=description,
             remote_repository_config=remote,
-            opts=child,
+            # Every remote_repository_config field forces a new repository, and its id is fixed:
+            # the old one must go before the new one can take the id.
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(delete_before_replace=True)
+            ),
         )
         grant = ar.RepositoryIamMember(
             f"{resource_name}-reader",
