@@ -150,7 +150,6 @@ def test_connector_resource_when_kibana_is_configured() -> None:
     assert plain["config"] == built.outputs["kibanaConnector"]["config"]
     assert built.outputs["kibanaConnector"]["name"] == "Mistral on GCP"
     expected_id = connector_id_for(
-        "test-org",
         "vllm-gcp",
         "test",
         "https://kb.example.com",
