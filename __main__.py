@@ -11,6 +11,7 @@ from components.host import GPU_CHECK_IMAGE, AptMirror, GpuHost, GpuHostArgs
 from components.mirror import Mirror, MirrorArgs, mirror_layout
 from components.network import Network, NetworkArgs
 from components.remote_access import connection
+from components.services import ProjectServices, ProjectServicesArgs
 from components.tls_proxy import TlsProxy, TlsProxyArgs
 from components.vllm_server import VllmServer, VllmServerArgs
 
@@ -18,6 +19,17 @@ stack = config.load()
 # The mirrors' names are known before they exist: the host's startup script needs them, and the
 # mirrors' read grants need the host's service account.
 mirrors = mirror_layout("vllm", stack.mirror, stack.project, stack.region)
+
+# Every component that calls a Google API waits until the APIs are on (depends_on below).
+services = ProjectServices(
+    "vllm",
+    ProjectServicesArgs(
+        project=stack.project,
+        private=stack.network.private,
+        mirrors=stack.mirror.docker_remote or stack.mirror.apt_remote,
+        gcs_weights=stack.model.source == "gcs",
+    ),
+)
 
 network = Network(
     "vllm",
@@ -27,6 +39,7 @@ network = Network(
         tls_mode=stack.tls.mode,
         region=stack.region,
     ),
+    pulumi.ResourceOptions(depends_on=services.services),
 )
 host = GpuHost(
     "vllm",
@@ -46,6 +59,7 @@ host = GpuHost(
             else None
         ),
     ),
+    pulumi.ResourceOptions(depends_on=services.services),
 )
 mirror = Mirror(
     "vllm",
@@ -56,6 +70,7 @@ mirror = Mirror(
         region=stack.region,
         service_account_email=host.service_account_email,
     ),
+    pulumi.ResourceOptions(depends_on=services.services),
 )
 ssh = connection(
     host.ssh_address, stack.host.ssh_user, host.ssh_private_key, stack.network.ssh_jump_host

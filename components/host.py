@@ -19,10 +19,11 @@ import pulumi_tls as tls
 from components import catalogue, host_paths, templates
 from components.config import HostConfig
 
-# A small CUDA image for the readiness check (`docker run --gpus all ... nvidia-smi`). CUDA 12.8
-# runs on both driver branches the Ubuntu accelerator images carry (570 and 580). Docker Hub,
+# The readiness check's image (`docker run --gpus all IMAGE nvidia-smi`): the container toolkit
+# injects the host's nvidia-smi into any image, as NVIDIA's own sample workload shows, so a plain
+# Ubuntu image does (CUDA tags are removed from Docker Hub at their end of life). On Docker Hub,
 # so a Docker Hub remote repository can serve it to a private host.
-GPU_CHECK_IMAGE = "nvidia/cuda:12.8.1-base-ubuntu24.04"
+GPU_CHECK_IMAGE = "ubuntu:24.04"
 
 # Every machine type in the catalogue (A2, A3 High, G2) takes Balanced Persistent Disk as boot
 # disk ("Accelerator-optimized machine family", supported disk types); A3 Mega/Ultra, which
@@ -126,6 +127,14 @@ def _startup_script_input(machine: catalogue.MachineSpec, args: GpuHostArgs) -> 
     )
 
 
+def _nic_type(machine: catalogue.MachineSpec) -> str | None:
+    """GVNIC on A3, which requires it: its general-purpose NICs are gVNIC ("Networking and GPU
+    machines", compute/docs/gpus/gpu-network-bandwidth). Unset on A2/G2: a changed nic_type
+    replaces the VM, and their existing hosts run with the default.
+    """
+    return "GVNIC" if machine.name.startswith("a3-") else None
+
+
 def _scheduling(provisioning: str) -> gcp.compute.InstanceSchedulingArgs:
     # GPU VMs cannot live-migrate: host maintenance must stop them (compute/docs/gpus).
     if provisioning == "spot":
@@ -169,7 +178,8 @@ class GpuHost(pulumi.ComponentResource):
             f"{name}-host-sa",
             account_id=service_account_id(name, pulumi.get_stack()),
             display_name=f"vllm-gcp GPU host ({pulumi.get_stack()})",
-            opts=child,
+            # Its account id is fixed: a replacement must delete first, or the create gets 409.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         for role in HOST_ROLES:
             gcp.projects.IAMMember(
@@ -195,10 +205,14 @@ class GpuHost(pulumi.ComponentResource):
                 )
             ]
 
-        # Bundled local SSDs (A2 Ultra, A3) are attached by the machine type, and the provider
-        # cannot stop such a VM for an in-place update (terraform-provider-google#26173): a change
-        # of machine type or provisioning replaces it there. Elsewhere they update in place.
-        replace_on = ["machineType", "scheduling"] if machine.local_ssd_count else []
+        # The provider cannot stop a VM with bundled local SSD (A2 Ultra, A3) for an in-place
+        # update (terraform-provider-google#26173). Whether that applies depends on the CURRENT
+        # VM, which the program cannot see (a2-ultragpu-2g -> g2-standard-8 would try to stop
+        # the A2 Ultra), so a machine type change always replaces the VM. A provisioning change
+        # alone keeps the machine type, so the new type is the current one and decides it.
+        replace_on = ["machineType"]
+        if machine.local_ssd_count:
+            replace_on.append("scheduling")
         instance = gcp.compute.Instance(
             f"{name}-host",
             zone=args.zone,
@@ -216,6 +230,7 @@ class GpuHost(pulumi.ComponentResource):
                     subnetwork=args.subnetwork,
                     network_ip=args.internal_address,
                     access_configs=access_configs,
+                    nic_type=_nic_type(machine),
                 )
             ],
             scheduling=_scheduling(host.provisioning),
@@ -259,11 +274,13 @@ class GpuHost(pulumi.ComponentResource):
 
         self.instance_name = instance.name
         self.instance_id = instance.instance_id
-        interface = instance.network_interfaces[0]
-        self.private_ip = interface.network_ip
+        # The static addresses the VM is given, not the VM's own outputs: they are the same
+        # values, but stay known across a VM replacement, so the certificate (whose IP SANs
+        # replace it), the Nginx site and the Kibana connector do not change with the VM.
+        self.private_ip = pulumi.Output.from_input(args.internal_address)
         self.public_ip = None
         if args.external_address is not None:
-            self.public_ip = interface.apply(_nat_ip)
+            self.public_ip = pulumi.Output.from_input(args.external_address)
         self.ssh_address = self.public_ip if self.public_ip is not None else self.private_ip
         self.endpoint_address = self.ssh_address
 
@@ -279,10 +296,3 @@ class GpuHost(pulumi.ComponentResource):
                 "endpointAddress": self.endpoint_address,
             }
         )
-
-
-def _nat_ip(interface: gcp.compute.outputs.InstanceNetworkInterface) -> str:
-    configs = interface.access_configs or []
-    if not configs or not configs[0].nat_ip:
-        raise ValueError("the instance has no external IP on its first network interface")
-    return configs[0].nat_ip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from typing import Any
@@ -29,6 +30,7 @@ from tests.harness import (
 )
 
 INSTANCE = "gcp:compute/instance:Instance"
+ADDRESS_ATTRIBUTES = ("public_ip", "private_ip", "ssh_address", "endpoint_address")
 IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 PRIVATE = {
@@ -44,11 +46,31 @@ def instance_inputs(built: Plan) -> dict[str, Any]:
     return built.one(INSTANCE).plain
 
 
-def build(stack: str, *overrides: dict[str, Any], **mirrors: Any) -> Plan:
-    """Network and GpuHost as __main__.py wires them, from stacks/Pulumi.<stack>.yaml."""
+async def _source_names(output: pulumi.Output[str]) -> list[str]:
+    """The names of the resources an output comes from."""
+    urns = [await resource.urn.future() for resource in await output.resources()]
+    return sorted(str(urn).rsplit("::", 1)[-1] for urn in urns)
+
+
+def build(
+    stack: str,
+    *overrides: dict[str, Any],
+    seen_options: dict[str, pulumi.ResourceOptions] | None = None,
+    **mirrors: Any,
+) -> Plan:
+    """Network and GpuHost as __main__.py wires them, from stacks/Pulumi.<stack>.yaml; the
+    resource options each resource got land in `seen_options`, by name, when given."""
     stack_settings, _ = config.validate(stack_config(stack, *overrides), stack)
 
+    def record_options(
+        args: pulumi.ResourceTransformationArgs,
+    ) -> pulumi.ResourceTransformationResult | None:
+        if seen_options is not None:
+            seen_options[args.name] = args.opts
+        return None
+
     def declare() -> dict[str, object]:
+        pulumi.runtime.register_stack_transformation(record_options)
         network = Network(
             "vllm",
             NetworkArgs(
@@ -71,7 +93,15 @@ def build(stack: str, *overrides: dict[str, Any], **mirrors: Any) -> Plan:
                 **mirrors,
             ),
         )
+        sources = {
+            f"{attribute}_sources": pulumi.Output.from_input(
+                asyncio.ensure_future(_source_names(getattr(host, attribute)))
+            )
+            for attribute in ADDRESS_ATTRIBUTES
+            if getattr(host, attribute) is not None
+        }
         return {
+            **sources,
             "host_tag": network.host_tag,
             "instance_name": host.instance_name,
             "instance_id": host.instance_id,
@@ -290,3 +320,60 @@ def test_mirrors_reach_the_startup_script_and_nothing_else() -> None:
         for b in (plain, mirrored)
     ]
     assert without_script[0] == without_script[1]
+
+
+def test_addresses_come_from_the_static_addresses_not_the_vm(prod: Plan) -> None:
+    # A replaced VM leaves these known and unchanged: the certificate's IP SANs, the Nginx site,
+    # the SSH connection and the Kibana connector do not follow the VM.
+    for attribute in ("public_ip", "ssh_address", "endpoint_address"):
+        assert prod.outputs[f"{attribute}_sources"] == ["vllm-external-ip"], attribute
+    assert prod.outputs["private_ip_sources"] == ["vllm-internal-ip"]
+
+
+def test_private_addresses_come_from_the_static_internal_address() -> None:
+    private = build("prod", PRIVATE)
+    for attribute in ("private_ip", "ssh_address", "endpoint_address"):
+        assert private.outputs[f"{attribute}_sources"] == ["vllm-internal-ip"], attribute
+    assert "public_ip_sources" not in private.outputs
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "replace_on"),
+    [
+        # Bundled local SSD: a provisioning change cannot stop the VM either.
+        ("prod", {}, ["machineType", "scheduling"]),
+        (
+            "prod",
+            {"vllm-gcp:host": {"machineType": "a3-highgpu-8g", "skipZoneCheck": True}},
+            ["machineType", "scheduling"],
+        ),
+        # No local SSD: still replaced on a machine type change, as the current VM may have one.
+        ("dev", {}, ["machineType"]),
+        ("prod", {"vllm-gcp:host": {"machineType": "a2-highgpu-2g"}}, ["machineType"]),
+    ],
+)
+def test_a_machine_type_change_always_replaces_the_vm_first(
+    stack: str, overrides: dict[str, Any], replace_on: list[str]
+) -> None:
+    seen: dict[str, pulumi.ResourceOptions] = {}
+    build(stack, overrides, seen_options=seen)
+    options = seen["vllm-host"]
+    assert options.replace_on_changes == replace_on
+    # Its static IPs belong to one VM at a time.
+    assert options.delete_before_replace is True
+
+
+def test_the_service_account_is_deleted_before_a_replacement() -> None:
+    seen: dict[str, pulumi.ResourceOptions] = {}
+    build("dev", seen_options=seen)
+    # A fixed account_id: create-before-delete would fail with 409.
+    assert seen["vllm-host-sa"].delete_before_replace is True
+
+
+def test_a3_gets_gvnic_and_a2_g2_keep_their_default_nic(prod: Plan, dev: Plan) -> None:
+    a3 = build("prod", {"vllm-gcp:host": {"machineType": "a3-highgpu-8g", "skipZoneCheck": True}})
+    (a3_interface,) = instance_inputs(a3)["networkInterfaces"]
+    assert a3_interface["nicType"] == "GVNIC"
+    for built in (prod, dev):
+        (interface,) = instance_inputs(built)["networkInterfaces"]
+        assert "nicType" not in interface
