@@ -9,6 +9,8 @@ reason and no READY_MARKER.
 STATE_DIR = "/var/lib/vllm-gcp"
 READY_MARKER = f"{STATE_DIR}/host-ready"
 STARTUP_FAILED_MARKER = f"{STATE_DIR}/startup-failed"
+# Written by the startup script just before it reboots to load a new NVIDIA driver.
+REBOOTING_MARKER = f"{STATE_DIR}/rebooting"
 STARTUP_LOG = "/var/log/vllm-gcp-startup.log"
 # Model weights and vLLM's compile cache; the local SSD is mounted here where the machine has one.
 CACHE_DIR = "/var/lib/vllm-cache"

@@ -52,6 +52,7 @@ RUN_TIMEOUT_MINUTES = 45  # a first pull of the ~12 GB image, or a copy of the w
 SERVING_TIMEOUT_MINUTES = 65  # a first start downloads tens of GB of weights
 
 _SYSTEMD_BARE = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
+_REGISTRY_HOST = re.compile(r"^[a-z0-9.-]+$")
 
 
 def _at_least(version: tuple[int, int, int] | None, release: tuple[int, int, int]) -> bool:
@@ -213,8 +214,11 @@ def systemd_command_line(argv: Sequence[str], own_line: Sequence[str] = ()) -> s
 def render_unit(spec: ContainerSpec, image: str, registry_host: str | None = None) -> str:
     login = ""
     if registry_host is not None:
-        # Tokens last an hour: log in again before each pull; a failure leaves the cached image.
-        login = f"ExecStartPre=-{REGISTRY_LOGIN_PATH} {systemd_quote(registry_host)}\n"
+        # Tokens last an hour: log in again before each pull. A shell word inside the unit's
+        # pull command, so only a plain host name is accepted.
+        if not _REGISTRY_HOST.match(registry_host):
+            raise ValueError(f"not a registry host name: {registry_host!r}")
+        login = f"{REGISTRY_LOGIN_PATH} {registry_host}; "
     pre_start = ""
     if spec.gcs_copy is not None:
         source, target = spec.gcs_copy
@@ -242,6 +246,9 @@ def render_unit(spec: ContainerSpec, image: str, registry_host: str | None = Non
         "vllm.service",
         {
             "CONTAINER_NAME": CONTAINER_NAME,
+            "READY_MARKER": systemd_quote(host_paths.READY_MARKER),
+            "STARTUP_FAILED_MARKER": systemd_quote(host_paths.STARTUP_FAILED_MARKER),
+            "STARTUP_LOG": systemd_quote(host_paths.STARTUP_LOG),
             "IMAGE": systemd_quote(image),
             "REGISTRY_LOGIN": login,
             "OFFLINE_ENVIRONMENT": offline,
@@ -304,6 +311,7 @@ class VllmServer(pulumi.ComponentResource):
             {
                 "READY_MARKER": host_paths.READY_MARKER,
                 "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
+                "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
                 "STARTUP_LOG": host_paths.STARTUP_LOG,
                 # A little under the step's timeout, so the script reports before the engine.
                 "TIMEOUT_SECONDS": str((HOST_READY_TIMEOUT_MINUTES - 2) * 60),
@@ -312,6 +320,9 @@ class VllmServer(pulumi.ComponentResource):
         self.host_ready = remote.Command(
             f"{name}-host-ready",
             connection=args.connection,
+            # Every step: Ubuntu's sshd refuses the PULUMI_COMMAND_* env vars (the provider warns
+            # on each update), and the previous output has no business on the host.
+            add_previous_output_in_env=False,
             create=wait_script,
             update=wait_script,
             triggers=[args.instance_id],
@@ -343,6 +354,7 @@ class VllmServer(pulumi.ComponentResource):
         self.secrets = remote.Command(
             f"{name}-secrets",
             connection=args.connection,
+            add_previous_output_in_env=False,
             create=secrets_script,
             update=secrets_script,
             stdin=env_content,
@@ -364,6 +376,7 @@ class VllmServer(pulumi.ComponentResource):
                     "IMAGE": ref,
                     "SERVICE_NAME": SERVICE_NAME,
                     "CACHE_DIRS": " ".join((HF_CACHE_DIR, VLLM_CACHE_DIR, OFFLINE_MARKER_DIR)),
+                    "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
                     "REGISTRY_HOST": registry_host or "",
                     "REGISTRY_LOGIN_PATH": REGISTRY_LOGIN_PATH,
                     "REGISTRY_LOGIN_SCRIPT": ""
@@ -375,6 +388,7 @@ class VllmServer(pulumi.ComponentResource):
         self.run = remote.Command(
             f"{name}-run",
             connection=args.connection,
+            add_previous_output_in_env=False,
             create=run_script,
             update=run_script,
             stdin=unit,
@@ -407,6 +421,7 @@ class VllmServer(pulumi.ComponentResource):
         self.serving = remote.Command(
             f"{name}-serving",
             connection=args.connection,
+            add_previous_output_in_env=False,
             create=serving_script,
             update=serving_script,
             triggers=[args.instance_id, run_digest, env_digest],

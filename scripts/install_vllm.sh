@@ -2,6 +2,7 @@
 # Remote step 3 of the vLLM server (components/vllm_server.py): pull the image, install the
 # systemd unit read from stdin and (re)start the container with it. Re-run on every change of
 # the model settings, the image or the secrets; each run restarts the container once.
+# Journal lines holding the key or the token are left out of everything printed here.
 #
 # Runs as the SSH user, acting through sudo. For tests, VLLM_GCP_ROOT prefixes every host path.
 set -euo pipefail
@@ -12,6 +13,8 @@ readonly SERVICE_NAME='{{ SERVICE_NAME }}'
 readonly UNIT_FILE="${ROOT}/etc/systemd/system/${SERVICE_NAME}"
 read -r -a CACHE_DIRS <<<'{{ CACHE_DIRS }}'
 readonly CACHE_DIRS
+# Its values (the API key, the token) are filtered out of the journal lines printed here.
+readonly SECRETS_ENV_FILE="${ROOT}"'{{ SECRETS_ENV_FILE }}'
 # Set where the image comes through Artifact Registry: the login script and where it goes.
 readonly REGISTRY_HOST='{{ REGISTRY_HOST }}'
 readonly REGISTRY_LOGIN="${ROOT}"'{{ REGISTRY_LOGIN_PATH }}'
@@ -36,10 +39,12 @@ read_unit() {
 
 prepare_cache() {
   local dir
+  # Root only: vLLM releases before PR #52523 wrote VLLM_API_KEY into the compile cache's
+  # cache_key_factors.json. install -d also tightens a directory that exists already.
   for dir in "${CACHE_DIRS[@]}"; do
-    sudo -n install -d -m 0755 "${ROOT}${dir}"
+    sudo -n install -d -m 0700 "${ROOT}${dir}"
   done
-  log "caches ready: ${CACHE_DIRS[*]}"
+  log "caches ready (root only): ${CACHE_DIRS[*]}"
 }
 
 log_in_to_registry() {
@@ -68,12 +73,23 @@ install_unit() {
   log "installed ${UNIT_FILE}"
 }
 
+secret_values() {
+  # The env file's non-empty values, one a line: read as root into a pipe, never an argument.
+  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$SECRETS_ENV_FILE" 2>/dev/null || true
+}
+
+without_secrets() {
+  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
+  grep --fixed-strings --invert-match --file=<(secret_values) || true
+}
+
 restart_service() {
   log "restarting ${SERVICE_NAME}"
   if ! sudo -n systemctl restart "$SERVICE_NAME"; then
     {
-      log "${SERVICE_NAME} did not start; last ${LOG_LINES} lines of its journal:"
-      sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat || true
+      log "${SERVICE_NAME} did not start; last ${LOG_LINES} lines of its journal (lines holding a secret left out):"
+      sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat |
+        without_secrets || true
     } >&2
     exit 1
   fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Remote step 1 of the vLLM server (components/vllm_server.py): wait until the startup script
 # has prepared the host (drivers, Docker, GPU check, model cache), printing progress so the
-# deploy shows life, and fail at once with the startup log if the startup script failed.
+# deploy shows life. If the startup script failed, run it once more (a transient failure, such
+# as IAM grants still propagating, then passes on this `pulumi up`), and fail with its log if it
+# fails again. A driver install reboots the host, which ends this SSH session: say so first.
 #
 # Runs as the SSH user and reads root-owned state through sudo. For tests, VLLM_GCP_ROOT
 # prefixes every host path and VLLM_GCP_{POLL,PROGRESS,TIMEOUT}_SECONDS shorten the waits.
@@ -10,12 +12,14 @@ set -euo pipefail
 readonly ROOT="${VLLM_GCP_ROOT:-}"
 readonly READY_MARKER="${ROOT}"'{{ READY_MARKER }}'
 readonly STARTUP_FAILED_MARKER="${ROOT}"'{{ STARTUP_FAILED_MARKER }}'
+readonly REBOOTING_MARKER="${ROOT}"'{{ REBOOTING_MARKER }}'
 readonly STARTUP_LOG="${ROOT}"'{{ STARTUP_LOG }}'
 readonly DEFAULT_TIMEOUT_SECONDS='{{ TIMEOUT_SECONDS }}'
 readonly TIMEOUT_SECONDS="${VLLM_GCP_TIMEOUT_SECONDS:-$DEFAULT_TIMEOUT_SECONDS}"
 readonly POLL_SECONDS="${VLLM_GCP_POLL_SECONDS:-5}"
 readonly PROGRESS_SECONDS="${VLLM_GCP_PROGRESS_SECONDS:-30}"
 readonly LOG_LINES=30
+readonly REBOOTING_MESSAGE="host rebooting to load the NVIDIA driver; run pulumi up again"
 
 log() {
   printf '[host ready] %s\n' "$*"
@@ -30,14 +34,25 @@ print_startup_log() {
   sudo -n tail -n "$LOG_LINES" "$STARTUP_LOG" || log "(no log at ${STARTUP_LOG})"
 }
 
-fail_startup() {
+failure_reason() {
   local reason
   reason="$(sudo -n cat "$STARTUP_FAILED_MARKER" 2>/dev/null || true)"
+  printf '%s\n' "${reason:-no reason recorded}"
+}
+
+fail_startup() {
   {
-    log "the startup script failed after ${SECONDS}s: ${reason:-no reason recorded}"
+    log "the startup script failed again after ${SECONDS}s: $(failure_reason)"
     print_startup_log
   } >&2
   exit 1
+}
+
+rerun_startup() {
+  log "the startup script failed: $(failure_reason)"
+  log "running it once more (google_metadata_script_runner startup)"
+  # It clears the markers first and writes one of them again; its own status says nothing more.
+  sudo -n google_metadata_script_runner startup || true
 }
 
 fail_timeout() {
@@ -48,11 +63,28 @@ fail_timeout() {
   exit 1
 }
 
+on_session_end() {
+  # The reboot stops this session: explain the lost connection, if anything still reads us.
+  if exists_as_root "$REBOOTING_MARKER"; then
+    log "$REBOOTING_MESSAGE" >&2
+  fi
+  exit 1
+}
+
 wait_for_host() {
-  local last_progress=-1
+  local last_progress=-1 reran=false warned_reboot=false
   until exists_as_root "$READY_MARKER"; do
     if exists_as_root "$STARTUP_FAILED_MARKER"; then
-      fail_startup
+      if $reran; then
+        fail_startup
+      fi
+      reran=true
+      rerun_startup
+      continue
+    fi
+    if ! $warned_reboot && exists_as_root "$REBOOTING_MARKER"; then
+      log "${REBOOTING_MESSAGE} if this step ends with a lost connection"
+      warned_reboot=true
     fi
     if ((SECONDS >= TIMEOUT_SECONDS)); then
       fail_timeout
@@ -66,4 +98,5 @@ wait_for_host() {
   log "host ready after ${SECONDS}s"
 }
 
+trap on_session_end HUP TERM
 wait_for_host

@@ -5,6 +5,7 @@
 # serves, mark this configuration's weights as cached, so later restarts run offline.
 #
 # The API key goes to curl as a header file read through sudo, never as an argument.
+# Journal lines holding the key or the token are left out of everything printed here.
 # Runs as the SSH user. For tests, VLLM_GCP_ROOT prefixes every host path and
 # VLLM_GCP_{POLL,PROGRESS,TIMEOUT}_SECONDS shorten the waits.
 set -euo pipefail
@@ -49,17 +50,28 @@ exit_count() {
   printf '%s\n' "${restarts:-0}"
 }
 
+secret_values() {
+  # The env file's non-empty values, one a line: read as root into a pipe, never an argument.
+  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$SECRETS_ENV_FILE" 2>/dev/null || true
+}
+
+without_secrets() {
+  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
+  grep --fixed-strings --invert-match --file=<(secret_values) || true
+}
+
 latest_log_line() {
   # Download progress bars end lines with carriage returns: keep the last update only.
   sudo -n journalctl --unit "$SERVICE_NAME" --lines 1 --no-pager --output cat 2>/dev/null |
-    tr '\r' '\n' | sed '/^[[:space:]]*$/d' | tail -n 1 | cut -c 1-240 || true
+    tr '\r' '\n' | without_secrets | sed '/^[[:space:]]*$/d' | tail -n 1 | cut -c 1-240 || true
 }
 
 fail_with_log() {
   {
     log "$1"
-    log "last ${LOG_LINES} lines of the ${SERVICE_NAME} journal:"
-    sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat || true
+    log "last ${LOG_LINES} lines of the ${SERVICE_NAME} journal (lines holding a secret left out):"
+    sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat |
+      without_secrets || true
   } >&2
   exit 1
 }

@@ -4,6 +4,7 @@ recording stand-ins for sudo, docker, systemctl, journalctl and curl (tests/fake
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -15,7 +16,9 @@ import pytest
 
 from components import host_paths
 from components import vllm_server as vllm
+from components.config import ModelConfig
 from components.templates import SCRIPTS_DIR
+from tests.test_vllm_server import systemd_split
 
 FAKEBIN = Path(__file__).resolve().parent / "fakebin_vllm"
 SHELLCHECK = Path(__file__).resolve().parents[1] / "venv" / "bin" / "shellcheck"
@@ -57,18 +60,25 @@ class Host:
     def run(
         self, script: str, stdin: str = "", env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        environment = {
+        # As on the host: the script is the SSH command, run by the login shell (bash).
+        return self.run_argv(["bash", "-c", script], stdin, env)
+
+    def environment(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {
             "PATH": f"{FAKEBIN}{os.pathsep}{os.environ['PATH']}",
             "HOME": str(self.state),
             "VLLM_GCP_ROOT": str(self.root),
             "FAKE_STATE": str(self.state),
             **(env or {}),
         }
-        # As on the host: the script is the SSH command, run by the login shell (bash).
+
+    def run_argv(
+        self, argv: list[str], stdin: str = "", env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["bash", "-c", script],
+            argv,
             input=stdin,
-            env=environment,
+            env=self.environment(env),
             capture_output=True,
             text=True,
             timeout=30,
@@ -87,6 +97,7 @@ def wait_host_script(timeout_seconds: int = 600) -> str:
         {
             "READY_MARKER": host_paths.READY_MARKER,
             "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
+            "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
             "STARTUP_LOG": host_paths.STARTUP_LOG,
             "TIMEOUT_SECONDS": str(timeout_seconds),
         },
@@ -109,6 +120,7 @@ def install_script(
             "IMAGE": image,
             "SERVICE_NAME": vllm.SERVICE_NAME,
             "CACHE_DIRS": f"{vllm.HF_CACHE_DIR} {vllm.VLLM_CACHE_DIR}",
+            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
             "REGISTRY_HOST": registry_host,
             "REGISTRY_LOGIN_PATH": vllm.REGISTRY_LOGIN_PATH,
             "REGISTRY_LOGIN_SCRIPT": login_script,
@@ -128,6 +140,35 @@ def serving_script(served_name: str = SERVED_NAME, marker: str = MARKER) -> str:
             "TIMEOUT_SECONDS": "600",
         },
     )
+
+
+def unit_shell(program: str, registry_host: str | None = None) -> list[str]:
+    """The unit's `/bin/sh -c SCRIPT <program> ARGS...` pre-start command, split as by systemd."""
+    image = "vllm/vllm-openai:v0.32.0"
+    unit = vllm.render_unit(vllm.container_spec(ModelConfig(), 2, image), image, registry_host)
+    for line in unit.splitlines():
+        if not line.startswith("ExecStartPre="):
+            continue
+        argv = systemd_split(line.removeprefix("ExecStartPre=").removeprefix("-"))
+        if argv[:2] == ["/bin/sh", "-c"] and argv[3] == program:
+            return argv
+    raise AssertionError(f"no ExecStartPre runs {program}")
+
+
+def journal_with_secrets() -> str:
+    """A journal as vLLM releases before PR #52523 could write it: the key in a startup line."""
+    return (
+        "INFO api_server.py: vLLM API server version 0.11.0\n"
+        f"INFO api_server.py: non-default args: {{'model': 'm', 'api_key': ['{API_KEY}']}}\n"
+        f"DEBUG hub: using token {HF_TOKEN}\n"
+        "torch.OutOfMemoryError: CUDA out of memory\n"
+    )
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert API_KEY not in text
+        assert HF_TOKEN not in text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +194,21 @@ def test_templates_and_rendered_scripts_pass_shellcheck_and_bash_n(name: str) ->
                 check=False,
             )
             assert checked.returncode == 0, checked.stdout
+
+
+@pytest.mark.parametrize("program", ["start-gate", "pull-if-absent"])
+def test_the_units_shell_commands_pass_shellcheck(program: str) -> None:
+    script = unit_shell(program, "us-central1-docker.pkg.dev")[2]
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    if SHELLCHECK.exists():
+        checked = subprocess.run(
+            [str(SHELLCHECK), "-S", "warning", "-s", "sh", "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout
 
 
 def test_stand_ins_pass_shellcheck() -> None:
@@ -185,6 +241,27 @@ def test_wait_host_ends_when_the_ready_marker_appears(host: Host) -> None:
     assert any(c.startswith("sudo -n test -f") for c in host.calls())
 
 
+def fake_startup(host: Host, body: str) -> None:
+    """What the stand-in google_metadata_script_runner runs: the startup script's effect."""
+    script = host.state / "startup"
+    script.write_text(f"#!/usr/bin/env bash\nset -euo pipefail\n{body}\n")
+    script.chmod(0o755)
+
+
+def test_wait_host_reruns_a_failed_startup_script_once_and_waits_for_it(host: Host) -> None:
+    host.write(host_paths.STARTUP_FAILED_MARKER, "IAM grant not yet visible\n")
+    failed = host.path(host_paths.STARTUP_FAILED_MARKER)
+    ready = host.path(host_paths.READY_MARKER)
+    fake_startup(host, f"rm -f '{failed}'\necho 'startup: all GPUs seen'\ntouch '{ready}'")
+    result = host.run(wait_host_script(), env=FAST)
+    assert result.returncode == 0, result.stderr
+    assert "the startup script failed: IAM grant not yet visible" in result.stdout
+    assert "running it once more" in result.stdout
+    assert "startup: all GPUs seen" in result.stdout
+    assert "host ready after" in result.stdout
+    assert host.calls().count("sudo -n google_metadata_script_runner startup") == 1
+
+
 def test_wait_host_fails_fast_with_the_startup_log(host: Host) -> None:
     host.write(host_paths.STARTUP_FAILED_MARKER, "nvidia-smi saw 1 of 2 GPUs\n")
     host.write(host_paths.STARTUP_LOG, "".join(f"startup line {i}\n" for i in range(1, 41)))
@@ -192,11 +269,47 @@ def test_wait_host_fails_fast_with_the_startup_log(host: Host) -> None:
     result = host.run(wait_host_script(), env={"VLLM_GCP_POLL_SECONDS": "5"})
     assert time.monotonic() - started < 4, "must not wait out a poll interval, let alone a timeout"
     assert result.returncode == 1
-    assert "the startup script failed" in result.stderr
+    assert "the startup script failed again" in result.stderr
     assert "nvidia-smi saw 1 of 2 GPUs" in result.stderr
+    runs = [c for c in host.calls() if c.startswith("google_metadata_script_runner")]
+    assert runs == ["google_metadata_script_runner startup"]  # once, then the log
     assert "startup line 40" in result.stderr
     assert "startup line 11" in result.stderr  # the last 30 lines ...
     assert "startup line 10\n" not in result.stderr  # ... and no more
+
+
+def test_wait_host_warns_of_a_driver_reboot_and_keeps_waiting(host: Host) -> None:
+    host.write(host_paths.REBOOTING_MARKER, "")
+
+    def mark_ready_later() -> None:
+        time.sleep(0.5)
+        host.write(host_paths.READY_MARKER, "")
+
+    writer = threading.Thread(target=mark_ready_later)
+    writer.start()
+    result = host.run(wait_host_script(), env=FAST)
+    writer.join()
+    assert result.returncode == 0, result.stderr
+    message = "host rebooting to load the NVIDIA driver; run pulumi up again"
+    assert result.stdout.count(message) == 1
+    assert "host ready after" in result.stdout
+
+
+def test_wait_host_fails_clearly_when_the_reboot_ends_the_session(host: Host) -> None:
+    host.write(host_paths.REBOOTING_MARKER, "")
+    waiting = subprocess.Popen(
+        ["bash", "-c", wait_host_script()],
+        env=host.environment(FAST),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert waiting.stdout is not None
+    assert "host rebooting" in waiting.stdout.readline()
+    waiting.send_signal(signal.SIGTERM)  # what the shutdown does to the SSH session
+    _, stderr = waiting.communicate(timeout=10)
+    assert waiting.returncode == 1
+    assert "host rebooting to load the NVIDIA driver; run pulumi up again" in stderr
 
 
 def test_wait_host_times_out_with_the_startup_log(host: Host) -> None:
@@ -253,6 +366,16 @@ def test_install_pulls_writes_the_unit_and_restarts(host: Host) -> None:
     ]
 
 
+def test_install_makes_the_caches_root_only_even_where_they_exist(host: Host) -> None:
+    # vLLM before PR #52523 wrote the key into the compile cache (cache_key_factors.json).
+    host.path(vllm.VLLM_CACHE_DIR).mkdir(parents=True, mode=0o755)
+    host.path(vllm.VLLM_CACHE_DIR).chmod(0o755)
+    result = host.run(install_script(), stdin="ExecStart=/usr/bin/docker run vllm\n")
+    assert result.returncode == 0, result.stderr
+    for directory in (vllm.HF_CACHE_DIR, vllm.VLLM_CACHE_DIR):
+        assert stat.S_IMODE(host.path(directory).stat().st_mode) == 0o700, directory
+
+
 def test_install_logs_in_to_the_mirror_before_pulling(host: Host) -> None:
     recorder = '#!/usr/bin/env bash\necho "registry-login $*" >>"$FAKE_STATE/calls"\n'
     mirror = "us-central1-docker.pkg.dev/p/r/vllm/vllm-openai:v0.32.0"
@@ -280,6 +403,18 @@ def test_install_fails_with_the_journal_when_the_service_does_not_start(host: Ho
     result = host.run(install_script(), stdin="ExecStart=/bin/true\n")
     assert result.returncode == 1
     assert "403 Forbidden" in result.stderr
+
+
+def test_install_leaves_journal_lines_holding_a_secret_out(host: Host) -> None:
+    host.write(host_paths.SECRETS_ENV_FILE, vllm.secrets_env(API_KEY, HF_TOKEN))
+    host.fake("restart_fails")
+    host.fake("journal", journal_with_secrets())
+    result = host.run(install_script(), stdin="ExecStart=/bin/true\n")
+    assert result.returncode == 1
+    assert "vLLM API server version 0.11.0" in result.stderr
+    assert "CUDA out of memory" in result.stderr
+    assert "non-default args" not in result.stderr
+    assert_no_secret(result.stdout, result.stderr, "\n".join(host.calls()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,6 +479,28 @@ def test_serving_fails_at_once_when_the_service_has_failed(host: Host) -> None:
     assert "CUDA out of memory" in result.stderr
 
 
+def test_serving_leaves_journal_lines_holding_a_secret_out(host: Host) -> None:
+    serving_host(host)
+    host.fake("serve_after", "1000000")
+    host.fake("state", "failed")
+    host.fake("journal", journal_with_secrets())
+    result = host.run(serving_script(), env=FAST)
+    assert result.returncode == 1
+    assert "CUDA out of memory" in result.stderr
+    assert "non-default args" not in result.stderr
+    assert_no_secret(result.stdout, result.stderr, "\n".join(host.calls()))
+
+
+def test_serving_progress_never_shows_a_line_holding_the_key(host: Host) -> None:
+    serving_host(host)
+    host.fake("serve_after", "2")
+    host.fake("journal", journal_with_secrets().splitlines()[1] + "\n")
+    result = host.run(serving_script(), env=FAST)
+    assert result.returncode == 0, result.stderr
+    assert "waiting for" in result.stdout
+    assert_no_secret(result.stdout, result.stderr, "\n".join(host.calls()))
+
+
 def test_serving_with_no_marker_and_an_awkward_served_name(host: Host) -> None:
     awkward = "team's model"
     serving_host(host)
@@ -352,3 +509,58 @@ def test_serving_with_no_marker_and_an_awkward_served_name(host: Host) -> None:
     assert result.returncode == 0, result.stderr
     assert f"vLLM serves {awkward}" in result.stdout
     assert not any(host.path(vllm.OFFLINE_MARKER_DIR).iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# The unit's pre-start commands, run with the stand-ins
+
+
+def test_start_gate_passes_once_the_host_is_ready(host: Host) -> None:
+    gate = unit_shell("start-gate")
+    ready, failed, log = (str(host.path(p)) for p in gate[4:])
+    host.write(host_paths.READY_MARKER, "")
+    result = host.run_argv([*gate[:4], ready, failed, log])
+    assert result.returncode == 0, result.stderr
+
+
+def test_start_gate_fails_at_once_when_the_startup_script_failed(host: Host) -> None:
+    gate = unit_shell("start-gate")
+    host.write(host_paths.STARTUP_FAILED_MARKER, "no GPUs\n")
+    started = time.monotonic()
+    result = host.run_argv([*gate[:4], *(str(host.path(p)) for p in gate[4:])])
+    assert time.monotonic() - started < 4
+    assert result.returncode == 1
+    assert f"the startup script failed (see {host.path(host_paths.STARTUP_LOG)})" in result.stderr
+
+
+def test_start_gate_keeps_waiting_for_the_startup_script(host: Host) -> None:
+    gate = unit_shell("start-gate")
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(
+            [*gate[:4], *(str(host.path(p)) for p in gate[4:])],
+            capture_output=True,
+            timeout=1,
+            check=False,
+        )
+
+
+def test_the_unit_pulls_nothing_when_the_image_is_present(host: Host) -> None:
+    result = host.run_argv(unit_shell("pull-if-absent"))
+    assert result.returncode == 0, result.stderr
+    assert host.calls() == ["docker image inspect vllm/vllm-openai:v0.32.0"]
+
+
+def test_the_unit_logs_in_and_pulls_an_absent_image(host: Host) -> None:
+    recorder = host.state / "registry-login"
+    recorder.write_text('#!/usr/bin/env bash\necho "registry-login $*" >>"$FAKE_STATE/calls"\n')
+    recorder.chmod(0o755)
+    pull = unit_shell("pull-if-absent", "us-central1-docker.pkg.dev")
+    pull[2] = pull[2].replace(vllm.REGISTRY_LOGIN_PATH, str(recorder))
+    host.fake("image_absent")
+    result = host.run_argv(pull)
+    assert result.returncode == 0, result.stderr
+    assert host.calls() == [
+        "docker image inspect vllm/vllm-openai:v0.32.0",
+        "registry-login us-central1-docker.pkg.dev",
+        "docker pull vllm/vllm-openai:v0.32.0",
+    ]

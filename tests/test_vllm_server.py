@@ -82,7 +82,7 @@ def build(
 
 def systemd_split(line: str) -> list[str]:
     """systemd's reading of a command line (systemd.service, "COMMAND LINES"): words split on
-    blanks, double quotes group, C escapes inside quotes, %% and $$ stand for % and $."""
+    blanks, double or single quotes group, C escapes inside quotes, %% and $$ stand for % and $."""
     words: list[str] = []
     index = 0
     escapes = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
@@ -91,12 +91,12 @@ def systemd_split(line: str) -> list[str]:
             index += 1
             continue
         word = ""
-        quoted = False
-        while index < len(line) and (quoted or line[index] != " "):
+        quote = ""
+        while index < len(line) and (quote or line[index] != " "):
             char = line[index]
-            if char == '"':
-                quoted = not quoted
-            elif char == "\\" and quoted:
+            if char in "\"'" and (not quote or char == quote):
+                quote = "" if quote else char
+            elif char == "\\" and quote:
                 index += 1
                 word += escapes[line[index]]
             elif char in "%$" and line[index + 1 : index + 2] == char:
@@ -108,6 +108,16 @@ def systemd_split(line: str) -> list[str]:
             index += 1
         words.append(word)
     return words
+
+
+def exec_start_pre(built: Plan, program: str) -> list[str]:
+    """The ExecStartPre line running `/bin/sh -c SCRIPT <program> ARGS...`, split as by systemd."""
+    for line in unit_text(built).splitlines():
+        if line.startswith("ExecStartPre="):
+            argv = systemd_split(line.removeprefix("ExecStartPre=").removeprefix("-"))
+            if argv[:2] == ["/bin/sh", "-c"] and argv[3] == program:
+                return argv
+    raise AssertionError(f"no ExecStartPre runs {program}")
 
 
 def flag_value(argv: list[str], flag: str) -> str:
@@ -128,6 +138,8 @@ def test_four_remote_steps_each_triggered_by_the_instance(prod: Plan) -> None:
         step = prod.named(name)
         assert step.type == COMMAND
         assert step.plain["triggers"][0] == "1234567890"
+        # Ubuntu's sshd refuses the env vars, and old output has no business on the host.
+        assert step.plain["addPreviousOutputInEnv"] is False
         assert step.plain["create"] == step.plain["update"]  # re-runs in place, never replaced
         assert "delete" not in step.plain  # the VM goes with the stack
     component = [r for r in prod.resources if r.type == "vllm-gcp:vllm_server:VllmServer"]
@@ -170,10 +182,32 @@ def test_unit_runs_under_systemd_and_survives_crashes_and_reboots(prod: Plan) ->
     assert "WantedBy=multi-user.target" in unit
     assert "Requires=docker.service" in unit
     assert f"ExecStartPre=-/usr/bin/docker rm --force {vllm.CONTAINER_NAME}" in unit
-    assert "ExecStartPre=-/usr/bin/docker pull vllm/vllm-openai:v0.32.0" in unit
     run_script = prod.named("vllm-run").plain["create"]
     assert "docker pull" in run_script
     assert "systemctl restart" in run_script
+
+
+def test_unit_starts_only_on_a_host_the_startup_script_prepared(prod: Plan) -> None:
+    gate = exec_start_pre(prod, "start-gate")
+    assert gate[4:] == [
+        host_paths.READY_MARKER,
+        host_paths.STARTUP_FAILED_MARKER,
+        host_paths.STARTUP_LOG,
+    ]
+    lines = unit_text(prod).splitlines()
+    gate_line = next(i for i, x in enumerate(lines) if "start-gate" in x)
+    assert lines[gate_line].startswith("ExecStartPre=/bin/sh")  # a failure stops the start
+    assert gate_line < min(i for i, x in enumerate(lines) if x.startswith("ExecStartPre=-"))
+    assert "TimeoutStartSec=40min" in lines  # bounds the wait
+
+
+def test_unit_pulls_only_an_absent_image(prod: Plan) -> None:
+    pull = exec_start_pre(prod, "pull-if-absent")
+    assert pull[4:] == ["vllm/vllm-openai:v0.32.0"]
+    assert pull[2].startswith('docker image inspect "$1" >/dev/null 2>&1 || {')
+    assert 'timeout 600 docker pull "$1"' in pull[2]
+    assert "ExecStartPre=-/bin/sh -c" in unit_text(prod)  # tolerated: docker reports it itself
+    assert "registry-login" not in unit_text(prod)
 
 
 def test_the_key_and_token_are_only_in_secret_inputs(prod: Plan) -> None:
@@ -307,7 +341,7 @@ def test_an_image_mirror_is_pulled_and_run_instead_of_docker_hub() -> None:
     argv = unit_argv(built)
     assert argv[argv.index("--entrypoint") + 2] == mirror
     assert flag_value(argv, "--entrypoint") == "python3"  # the version still comes from model.image
-    assert f"ExecStartPre=-/usr/bin/docker pull {mirror}" in unit_text(built)
+    assert exec_start_pre(built, "pull-if-absent")[4:] == [mirror]
     assert f"readonly IMAGE='{mirror}'" in built.named("vllm-run").plain["create"]
     images = {word for word in unit_text(built).split() if "vllm-openai" in word}
     assert images == {mirror}
@@ -317,9 +351,9 @@ def test_an_image_mirror_is_pulled_and_run_instead_of_docker_hub() -> None:
 def test_the_mirror_is_logged_in_to_before_each_pull() -> None:
     mirror = "us-central1-docker.pkg.dev/test-project/dockerhub/vllm/vllm-openai:v0.32.0"
     built = build(ModelConfig(), image=mirror, registry_host="us-central1-docker.pkg.dev")
-    lines = unit_text(built).splitlines()
-    login = f"ExecStartPre=-{vllm.REGISTRY_LOGIN_PATH} us-central1-docker.pkg.dev"
-    assert lines.index(login) + 1 == lines.index(f"ExecStartPre=-/usr/bin/docker pull {mirror}")
+    pull = exec_start_pre(built, "pull-if-absent")
+    login = f"{vllm.REGISTRY_LOGIN_PATH} us-central1-docker.pkg.dev; timeout 600 docker pull"
+    assert f"|| {{ {login}" in pull[2]
     run_script = built.named("vllm-run").plain["create"]
     assert "readonly REGISTRY_HOST='us-central1-docker.pkg.dev'" in run_script
     assert "docker login --username oauth2accesstoken --password-stdin" in run_script
@@ -387,3 +421,9 @@ def test_scripts_escape_single_quotes_in_values() -> None:
         },
     )
     assert "readonly SERVED_MODEL_NAME='it'\\''s'" in script
+
+
+def test_a_registry_host_must_be_a_plain_host_name() -> None:
+    spec = vllm.container_spec(ModelConfig(), 2, "vllm/vllm-openai:v0.32.0")
+    with pytest.raises(ValueError, match="not a registry host name"):
+        vllm.render_unit(spec, "vllm/vllm-openai:v0.32.0", "evil.example; rm -rf /")
