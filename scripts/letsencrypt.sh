@@ -2,7 +2,9 @@
 # letsencrypt mode: obtains (or keeps) a Let's Encrypt certificate for the domain with certbot,
 # HTTP-01 through Nginx on port 80 (webroot). Fails first, and clearly, when the domain does not
 # resolve to the endpoint's address. Renewal: certbot's systemd timer, reloading Nginx after each
-# new certificate. Runs as root (rendered by components/tls_proxy.py, run through sudo).
+# new certificate. The certificate's lineage is named after the domain, so every renewal updates
+# /etc/letsencrypt/live/<domain>/, where Nginx reads it. Runs as root (rendered by
+# components/tls_proxy.py, run through sudo).
 set -euo pipefail
 
 readonly DOMAIN="{{ DOMAIN }}"
@@ -10,6 +12,11 @@ readonly EMAIL="{{ EMAIL }}"
 readonly ADDRESS="{{ ADDRESS }}"
 readonly ACME_WEBROOT="{{ ACME_WEBROOT }}"
 readonly BOOTSTRAP_SITE_PATH="{{ BOOTSTRAP_SITE_PATH }}"
+# apt-daily starts right after the VM's startup script and holds apt's locks for minutes; the
+# lock timeout does not cover the package lists' lock `apt-get update` takes, so the install is
+# retried for about ten minutes.
+readonly APT_ATTEMPTS=20
+readonly APT_RETRY_SECONDS=30
 
 log() {
   echo "letsencrypt: $*" >&2
@@ -26,13 +33,29 @@ check_domain_resolves_to_address() {
   log "$DOMAIN resolves to $ADDRESS"
 }
 
+apt_install_certbot() {
+  apt-get -o DPkg::Lock::Timeout=600 update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q certbot
+}
+
 install_certbot() {
   if command -v certbot >/dev/null; then
+    log "certbot present"
     return 0
   fi
-  log "installing certbot"
-  apt-get -o DPkg::Lock::Timeout=300 update -q
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q certbot
+  local attempt
+  for ((attempt = 1; attempt <= APT_ATTEMPTS; attempt++)); do
+    log "installing certbot (attempt ${attempt}/${APT_ATTEMPTS})"
+    if apt_install_certbot; then
+      return 0
+    fi
+    if ((attempt < APT_ATTEMPTS)); then
+      log "apt failed (its locks may be held by apt-daily); retrying in ${APT_RETRY_SECONDS}s"
+      sleep "$APT_RETRY_SECONDS"
+    fi
+  done
+  log "could not install certbot with apt after ${APT_ATTEMPTS} attempts"
+  exit 1
 }
 
 reload_nginx() {
@@ -68,7 +91,7 @@ stop_serving_challenges() {
 obtain_certificate() {
   log "requesting a certificate for $DOMAIN (kept if current)"
   certbot certonly --non-interactive --agree-tos --email "$EMAIL" \
-    --webroot --webroot-path "$ACME_WEBROOT" --domain "$DOMAIN" \
+    --cert-name "$DOMAIN" --webroot --webroot-path "$ACME_WEBROOT" --domain "$DOMAIN" \
     --keep-until-expiring --deploy-hook "systemctl reload nginx"
 }
 

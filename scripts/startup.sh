@@ -7,15 +7,21 @@
 #                         so its presence means "this boot's setup is complete". By then Docker
 #                         (with the NVIDIA runtime) and Nginx (enabled, no site) are running and
 #                         CACHE_DIR is mounted (on the local NVMe SSD where the machine has one).
-#   STARTUP_FAILED_MARKER written on any failure, holding the reason; no READY_MARKER then.
+#   STARTUP_FAILED_MARKER written on any failure, holding the reason (the first one this boot,
+#                         the most specific); no READY_MARKER then.
+#   STATE_DIR/rebooting   written just before the one reboot a freshly installed driver needs, so
+#                         a remote step whose SSH session the reboot cuts knows to wait for the
+#                         next boot; removed first thing at every boot.
 #   STARTUP_LOG           this script's log, commands' output included. Its own lines also go to
 #                         the journal (`journalctl -t vllm-gcp-startup`) and to stderr, which
 #                         google_metadata_script_runner copies to the serial console.
 #
 # Idempotent: a second boot installs nothing and finishes in seconds. It installs only what is
 # missing: the NVIDIA driver only when `nvidia-smi` fails (the default image carries it), Docker
-# (Ubuntu's docker.io), NVIDIA's container toolkit, Nginx. It reboots only when a driver it just
-# installed cannot load without one, and at most once.
+# (Ubuntu's docker.io), NVIDIA's container toolkit, Nginx, and on NVSwitch machines (8 or more
+# GPUs) the fabric manager matching the driver. It reboots only when a driver it just installed
+# cannot load without one, and at most once. It keeps unattended-upgrades away from the NVIDIA
+# driver and Docker packages, which must not change under a running server.
 #
 # Mirrors (components/mirror.py): with an apt mirror, the Ubuntu archive comes from Artifact
 # Registry (the image's own sources are moved aside; NVIDIA's repository, which no mirror
@@ -41,8 +47,11 @@ readonly STARTUP_FAILED_MARKER="${ROOT}{{ STARTUP_FAILED_MARKER }}"
 readonly STARTUP_LOG="${ROOT}{{ STARTUP_LOG }}"
 readonly CACHE_DIR="${ROOT}{{ CACHE_DIR }}"
 readonly DRIVER_REBOOT_MARKER="${STATE_DIR}/driver-reboot-done"
+readonly REBOOTING_MARKER="${STATE_DIR}/rebooting"
+readonly UNATTENDED_UPGRADES_CONFIG="${ROOT}/etc/apt/apt.conf.d/52vllm-gcp-unattended"
 readonly LOCAL_SSD_GLOB="${ROOT}/dev/disk/by-id/google-local-nvme-ssd-*"
 readonly CACHE_ARRAY="${ROOT}/dev/md/vllm-cache"
+readonly CACHE_LABEL="vllm-cache"
 readonly DOCKER_DAEMON_CONFIG="${ROOT}/etc/docker/daemon.json"
 readonly NGINX_DEFAULT_SITE="${ROOT}/etc/nginx/sites-enabled/default"
 readonly APT_KEYRINGS="${ROOT}/etc/apt/keyrings"
@@ -56,6 +65,15 @@ readonly METADATA_TOKEN_URL="http://metadata.google.internal/computeMetadata/v1/
 # "Installing with Apt"); its list file is written here rather than downloaded.
 readonly NVIDIA_TOOLKIT_REPO="https://nvidia.github.io/libnvidia-container"
 readonly NVIDIA_TOOLKIT_KEYRING="/etc/apt/keyrings/nvidia-container-toolkit.gpg"
+# The 8- and 16-GPU A100/H100 machines (a2-highgpu-8g, a2-ultragpu-8g, a2-megagpu-16g,
+# a3-highgpu-8g) connect their GPUs through NVSwitches: CUDA cannot initialise there (error 802)
+# until nvidia-fabricmanager, at exactly the driver's version, has registered them in the fabric.
+# Ubuntu's package for the 580 branch: nvidia-fabricmanager-580 (noble multiverse).
+readonly NVSWITCH_MIN_GPUS=8
+readonly FABRIC_MANAGER_PACKAGE="nvidia-fabricmanager-${DRIVER_BRANCH}"
+readonly FABRIC_MANAGER_SERVICE="nvidia-fabricmanager"
+readonly FABRIC_WAIT_ATTEMPTS=30
+readonly FABRIC_WAIT_SECONDS=10
 readonly LOG_TAG="vllm-gcp-startup"
 readonly DOCKER_TIMEOUT_SECONDS=900
 # Downloads are retried for about ten minutes: mirror grants made alongside the VM take minutes
@@ -79,12 +97,16 @@ run() {
   "$@" >>"$STARTUP_LOG" 2>&1
 }
 
+# The first failure of a boot names it: a `fail` inside a command substitution exits only that
+# subshell, and the ERR trap the failed assignment then fires must not replace its reason.
 fail() {
   trap - ERR
   local reason="$1"
   mkdir -p "$STATE_DIR"
   rm -f "$READY_MARKER"
-  printf '%s\n' "$reason" >"$STARTUP_FAILED_MARKER"
+  if [[ ! -s "$STARTUP_FAILED_MARKER" ]]; then
+    printf '%s\n' "$reason" >"$STARTUP_FAILED_MARKER"
+  fi
   log "FAILED: ${reason} (full log: ${STARTUP_LOG})"
   exit 1
 }
@@ -115,7 +137,7 @@ begin_boot() {
   mkdir -p "$STATE_DIR" "$(dirname "$STARTUP_LOG")"
   chmod 0755 "$STATE_DIR"
   # Markers describe this boot only: a remote step must never see the last boot's verdict.
-  rm -f "$READY_MARKER" "$STARTUP_FAILED_MARKER"
+  rm -f "$READY_MARKER" "$STARTUP_FAILED_MARKER" "$REBOOTING_MARKER"
   log "boot setup begins (expecting ${GPU_COUNT} GPU(s))"
 }
 
@@ -127,6 +149,40 @@ metadata_token() {
   token="$(sed -n 's/.*"access_token"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$response")"
   [[ -n "$token" ]] || return 1
   printf '%s' "$token"
+}
+
+# Writes stdin to a file only when its content changes.
+write_if_changed() {
+  local target="$1"
+  local pending="${target}.tmp"
+  cat >"$pending"
+  if cmp -s "$pending" "$target"; then
+    rm -f "$pending"
+    return
+  fi
+  mv -f "$pending" "$target"
+  log "wrote ${target}"
+}
+
+# unattended-upgrades must not replace the NVIDIA userspace under a loaded kernel module (every
+# later `--gpus` container then fails on the library/driver mismatch until a reboot) nor Docker,
+# containerd or runc (restarting Docker stops vllm.service). These are updated by rebooting or
+# replacing the VM, not under a running server. Entries are Python regular expressions matched
+# at the start of the package name (re.match in unattended-upgrade), so each is a prefix.
+hold_back_unattended_upgrades() {
+  step "unattended-upgrades"
+  mkdir -p "$(dirname "$UNATTENDED_UPGRADES_CONFIG")"
+  write_if_changed "$UNATTENDED_UPGRADES_CONFIG" <<'EOF'
+// vllm-gcp: updated by reboot or VM replacement, never under the running server.
+Unattended-Upgrade::Package-Blacklist {
+    "nvidia-";
+    "libnvidia-";
+    "linux-modules-nvidia-";
+    "docker.io";
+    "containerd";
+    "runc";
+};
+EOF
 }
 
 configure_apt_sources() {
@@ -165,11 +221,17 @@ refresh_apt_mirror_token() {
   )
 }
 
-apt_attempt() {
+# apt-daily and unattended-upgrades may hold apt's locks at boot: the lock timeout covers the
+# dpkg lock, the retries (with_retries) also cover the package lists' lock `update` takes.
+apt_update_attempt() {
   if [[ "$APT_SOURCES_MODE" == mirror ]]; then
     refresh_apt_mirror_token || return 1
   fi
-  run apt-get -q -o DPkg::Lock::Timeout=600 update &&
+  run apt-get -q -o DPkg::Lock::Timeout=600 update
+}
+
+apt_attempt() {
+  apt_update_attempt &&
     run apt-get -y -q -o DPkg::Lock::Timeout=600 install --no-install-recommends "$@"
 }
 
@@ -201,13 +263,17 @@ ensure_nvidia_driver() {
   fi
   # Canonical's precompiled, signed kernel modules: they load under Secure Boot
   # (ubuntu.com/server/docs/nvidia-drivers-installation); nvidia-smi comes with the utils.
-  run ubuntu-drivers install --gpgpu "nvidia:${DRIVER_BRANCH}-server"
+  # ubuntu-drivers runs apt itself, without a lock timeout: retried like apt.
+  with_retries run ubuntu-drivers install --gpgpu "nvidia:${DRIVER_BRANCH}-server" ||
+    fail "ubuntu-drivers could not install the ${DRIVER_BRANCH}-server driver"
   apt_install "nvidia-utils-${DRIVER_BRANCH}-server"
   if run modprobe nvidia && nvidia_smi_works; then
     log "NVIDIA driver loaded without a reboot"
     return
   fi
   touch "$DRIVER_REBOOT_MARKER"
+  printf 'rebooting %s to load the NVIDIA driver\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    >"$REBOOTING_MARKER"
   log "the new driver needs a reboot; rebooting once, setup continues at the next boot"
   run systemctl reboot
   exit 0
@@ -244,6 +310,32 @@ ensure_packages() {
   apt_install "${missing[@]}"
 }
 
+nvswitch_machine() {
+  ((GPU_COUNT >= NVSWITCH_MIN_GPUS))
+}
+
+# The fabric manager must be the driver's exact version (it refuses to start otherwise), so the
+# package version is the one the archive has for the running driver, not the newest.
+ensure_fabric_manager() {
+  nvswitch_machine || return 0
+  step "fabric-manager"
+  if ! package_installed "$FABRIC_MANAGER_PACKAGE"; then
+    local driver version
+    driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | awk 'NR == 1')"
+    with_retries apt_update_attempt || fail "apt could not update its package lists"
+    version="$(apt-cache madison "$FABRIC_MANAGER_PACKAGE" |
+      awk -v wanted="${driver}-" 'index($3, wanted) == 1 { print $3; exit }')"
+    if [[ -z "$version" ]]; then
+      fail "no ${FABRIC_MANAGER_PACKAGE} for driver ${driver} in the archive"
+    fi
+    log "installing ${FABRIC_MANAGER_PACKAGE} ${version} for driver ${driver}"
+    apt_install "${FABRIC_MANAGER_PACKAGE}=${version}"
+  fi
+  if ! systemctl is-active --quiet "$FABRIC_MANAGER_SERVICE"; then
+    run systemctl enable --now "$FABRIC_MANAGER_SERVICE"
+  fi
+}
+
 configure_docker() {
   step "docker"
   if ! grep -qs '"nvidia"' "$DOCKER_DAEMON_CONFIG"; then
@@ -278,6 +370,22 @@ local_ssds() {
   fi
 }
 
+# The cache array if it is already running, under whatever name udev gave it at boot (often
+# /dev/md127): `mdadm --assemble` would fail on its busy members. Its mdadm name is
+# "<homehost>:vllm-cache" or "vllm-cache".
+active_cache_array() {
+  local array
+  array="$(mdadm --detail --scan 2>>"$STARTUP_LOG" | awk -v name="$CACHE_LABEL" '
+    $1 == "ARRAY" {
+      for (i = 3; i <= NF; i++) {
+        if ($i == "name=" name || ($i ~ /^name=/ && $i ~ (":" name "$"))) { print $2; exit }
+      }
+    }' || true)"
+  if [[ -n "$array" ]]; then
+    printf '%s\n' "${ROOT}${array}"
+  fi
+}
+
 # One device for the cache: the single SSD, or a RAID 0 across several (their throughput adds
 # up; the cache holds only what can be downloaded again).
 cache_device() {
@@ -288,16 +396,22 @@ cache_device() {
   fi
   # udev may still be assembling an array found at boot.
   run udevadm settle
-  if [[ ! -e "$CACHE_ARRAY" ]]; then
-    if mdadm --examine "${devices[0]}" >>"$STARTUP_LOG" 2>&1; then
-      run mdadm --assemble "$CACHE_ARRAY" "${devices[@]}"
-    else
-      # Blank SSDs: first boot, or after a stop or preemption, which discards local SSD data.
-      run mdadm --create "$CACHE_ARRAY" --level=0 --raid-devices="${#devices[@]}" --run \
-        "${devices[@]}"
-    fi
-    run udevadm settle
+  local array
+  array="$(active_cache_array)"
+  if [[ -n "$array" ]]; then
+    log "cache array already active as ${array}"
+    printf '%s\n' "$array"
+    return
   fi
+  if mdadm --examine "${devices[0]}" >>"$STARTUP_LOG" 2>&1; then
+    run mdadm --assemble "$CACHE_ARRAY" "${devices[@]}" ||
+      fail "mdadm could not assemble the cache array from ${devices[*]}"
+  else
+    # Blank SSDs: first boot, or after a stop or preemption, which discards local SSD data.
+    run mdadm --create "$CACHE_ARRAY" --level=0 --raid-devices="${#devices[@]}" --run \
+      "${devices[@]}" || fail "mdadm could not create the cache array on ${devices[*]}"
+  fi
+  run udevadm settle
   printf '%s\n' "$CACHE_ARRAY"
 }
 
@@ -317,11 +431,13 @@ prepare_cache() {
   local device
   device="$(cache_device "${devices[@]}")"
   if [[ -z "$(blkid -o value -s TYPE "$device" || true)" ]]; then
-    run mkfs.ext4 -F -q -m 0 -L vllm-cache "$device"
+    run mkfs.ext4 -F -q -m 0 -L "$CACHE_LABEL" "$device"
+    run udevadm settle
   fi
   # Mounted here at every boot rather than from fstab: the filesystem may first have to be
-  # recreated on SSDs that came back blank, and nothing should mount them before that.
-  run mount -o discard,noatime "$device" "$CACHE_DIR"
+  # recreated on SSDs that came back blank, and nothing should mount them before that. By label:
+  # the array's device name is udev's choice.
+  run mount -o discard,noatime -L "$CACHE_LABEL" "$CACHE_DIR"
   log "model cache on ${#devices[@]} local SSD(s) at ${CACHE_DIR}"
 }
 
@@ -334,6 +450,35 @@ check_gpus() {
   if ((seen != GPU_COUNT)); then
     fail "nvidia-smi lists ${seen} GPU(s), the machine type has ${GPU_COUNT}"
   fi
+}
+
+# Where `nvidia-smi -q` reports a fabric state (NVSwitch machines), every GPU must be
+# "Completed": registered by the fabric manager. "N/A" and "Not Supported" mean no fabric.
+# Prints the other states seen, comma-separated.
+fabric_states_pending() {
+  nvidia-smi -q 2>>"$STARTUP_LOG" |
+    awk '/^[[:space:]]*Fabric[[:space:]]*$/ { fabric = 1; next }
+      fabric && /^[[:space:]]*State[[:space:]]*:/ {
+        sub(/^[^:]*:[[:space:]]*/, ""); fabric = 0
+        if ($0 != "Completed" && $0 != "N/A" && $0 != "Not Supported") print
+      }' | sort -u | paste -sd ',' -
+}
+
+check_gpu_fabric() {
+  nvswitch_machine || return 0
+  step "gpu-fabric"
+  local attempt pending
+  for ((attempt = 1; attempt <= FABRIC_WAIT_ATTEMPTS; attempt++)); do
+    pending="$(fabric_states_pending)"
+    if [[ -z "$pending" ]]; then
+      log "GPU fabric registration complete"
+      return
+    fi
+    log "GPU fabric state '${pending}', not Completed; checking again in ${FABRIC_WAIT_SECONDS}s"
+    sleep "$FABRIC_WAIT_SECONDS"
+  done
+  local reason="GPU fabric state is '${pending}', not Completed"
+  fail "${reason}: see journalctl -u ${FABRIC_MANAGER_SERVICE}"
 }
 
 docker_login_to_mirror() {
@@ -375,13 +520,16 @@ main() {
   export HOME="${HOME:-/root}"
   begin_boot
   trap 'on_error "$LINENO" "$?" "$BASH_COMMAND"' ERR
+  hold_back_unattended_upgrades
   configure_apt_sources
   ensure_nvidia_driver
   ensure_packages
+  ensure_fabric_manager
   configure_docker
   configure_nginx
   prepare_cache
   check_gpus
+  check_gpu_fabric
   check_gpu_container
   mark_ready
 }

@@ -7,6 +7,7 @@ first on PATH) and every path it writes is moved under a temporary root (VLLM_GC
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -24,6 +25,7 @@ STANDIN = ROOT / "tests" / "fakebin" / "standin.sh"
 SHELLCHECK = ROOT / "venv" / "bin" / "shellcheck"
 FAKED_COMMANDS = (
     "apt-get",
+    "apt-cache",
     "dpkg-query",
     "nvidia-smi",
     "ubuntu-drivers",
@@ -43,6 +45,7 @@ FAKED_COMMANDS = (
     "sleep",
 )
 A2_ULTRA_2G = catalogue.MACHINE_TYPES["a2-ultragpu-2g"]
+A2_ULTRA_8G = catalogue.MACHINE_TYPES["a2-ultragpu-8g"]
 G2_STANDARD_8 = catalogue.MACHINE_TYPES["g2-standard-8"]
 
 
@@ -102,12 +105,25 @@ class Host:
             (by_id / f"google-local-nvme-ssd-{index}").touch()
 
     def reboot(self) -> None:
-        """What a reboot forgets: mounts and assembled arrays; a pending driver now loads."""
-        (self.state / "mounts").unlink(missing_ok=True)
+        """What a reboot forgets: mounts, assembled arrays, stopped units (the enabled ones start
+        again); a pending driver now loads."""
+        for name in ("mounts", "arrays", "active"):
+            (self.state / name).unlink(missing_ok=True)
+        enabled = self.state / "enabled"
+        if enabled.exists():
+            shutil.copy(enabled, self.state / "active")
         shutil.rmtree(self.root / "dev" / "md", ignore_errors=True)
         driver = self.state / "driver"
         if driver.read_text().strip() == "installed":
             driver.write_text("present\n")
+
+    def udev_assembles_cache_as(self, device: str) -> None:
+        """At boot, udev assembles the cache array itself, under a name of its choosing."""
+        created = str(self.root / "dev/md/vllm-cache")
+        (self.state / "arrays").write_text(f"{device} vllm-host:vllm-cache\n")
+        self.path(device).touch()
+        filesystems = self.state / "filesystems"
+        filesystems.write_text(filesystems.read_text().replace(created, str(self.path(device))))
 
     def stop_and_start(self) -> None:
         """A stop (or preemption) also discards local SSD contents."""
@@ -249,19 +265,46 @@ def test_two_local_ssds_become_one_raid0_cache_formatted_once(a2_host: Host) -> 
         first.calls
     )
     assert f"mkfs.ext4 -F -q -m 0 -L vllm-cache {array}" in first.calls
-    assert f"mount -o discard,noatime {array} {cache}" in first.calls
+    assert f"mount -o discard,noatime -L vllm-cache {cache}" in first.calls
 
     a2_host.reboot()
     rebooted = a2_host.boot()
     assert f"mdadm --assemble {array} {' '.join(ssds)}" in rebooted.calls
     assert not rebooted.called("mkfs.ext4")
-    assert f"mount -o discard,noatime {array} {cache}" in rebooted.calls
+    assert f"mount -o discard,noatime -L vllm-cache {cache}" in rebooted.calls
 
     a2_host.stop_and_start()
     restarted = a2_host.boot()
     assert restarted.called("mdadm --create")
     assert restarted.called("mkfs.ext4")
     assert a2_host.ready
+
+
+def test_an_array_udev_already_assembled_under_another_name_is_used(a2_host: Host) -> None:
+    a2_host.add_local_ssds(2)
+    assert a2_host.boot().returncode == 0
+    a2_host.reboot()
+    a2_host.udev_assembles_cache_as("/dev/md127")
+    boot = a2_host.boot()
+    assert boot.returncode == 0, boot.output
+    assert "mdadm --detail --scan" in boot.calls
+    assert not boot.called("mdadm --assemble")
+    assert not boot.called("mdadm --create")
+    assert not boot.called("mkfs.ext4")
+    assert f"mount -o discard,noatime -L vllm-cache {a2_host.path(host_paths.CACHE_DIR)}" in (
+        boot.calls
+    )
+    assert f"cache array already active as {a2_host.path('/dev/md127')}" in boot.output
+    assert a2_host.ready
+
+
+def test_a_failure_inside_the_cache_device_lookup_keeps_its_own_reason(a2_host: Host) -> None:
+    a2_host.add_local_ssds(2)
+    boot = a2_host.boot(FAKE_FAIL="mdadm --create*")
+    assert boot.returncode != 0
+    ssds = " ".join(str(a2_host.root / f"dev/disk/by-id/google-local-nvme-ssd-{i}") for i in (0, 1))
+    assert a2_host.failure == f"mdadm could not create the cache array on {ssds}\n"
+    assert not a2_host.ready
 
 
 def test_a_single_local_ssd_is_formatted_directly(tmp_path: Path) -> None:
@@ -272,7 +315,7 @@ def test_a_single_local_ssd_is_formatted_directly(tmp_path: Path) -> None:
     assert boot.returncode == 0, boot.output
     assert not boot.called("mdadm")
     assert f"mkfs.ext4 -F -q -m 0 -L vllm-cache {ssd}" in boot.calls
-    assert f"mount -o discard,noatime {ssd} {host.path(host_paths.CACHE_DIR)}" in boot.calls
+    assert f"mount -o discard,noatime -L vllm-cache {host.path(host_paths.CACHE_DIR)}" in boot.calls
 
 
 def test_without_local_ssd_the_cache_stays_on_the_boot_disk(tmp_path: Path) -> None:
@@ -334,17 +377,23 @@ def test_a_missing_driver_is_installed_without_reboot_when_it_loads(tmp_path: Pa
 
 def test_a_driver_that_needs_a_reboot_reboots_once_then_completes(tmp_path: Path) -> None:
     host = Host(tmp_path, A2_ULTRA_2G).setup(driver="absent")
-    first = host.boot()
+    rebooting = host.path(host_paths.STATE_DIR) / "rebooting"
+    first = host.boot(FAKE_FAIL="ubuntu-drivers*", FAKE_FAIL_TIMES="1")
     assert first.returncode == 0, first.output
+    # ubuntu-drivers runs apt, whose locks may be busy at boot: retried.
+    assert first.calls.count("ubuntu-drivers install --gpgpu nvidia:580-server") == 2
     assert "systemctl reboot" in first.calls
     assert not host.ready
     assert host.failure is None
+    # Written before the reboot, for the remote step whose SSH session it cuts.
+    assert rebooting.read_text().startswith("rebooting ")
 
     host.reboot()
     second = host.boot()
     assert second.returncode == 0, second.output
     assert not second.called("ubuntu-drivers")
     assert not second.called("systemctl reboot")
+    assert not rebooting.exists()
     assert host.ready
 
 
@@ -481,3 +530,101 @@ def test_mirror_hosts_other_than_artifact_registry_are_refused() -> None:
         )
     with pytest.raises(ValueError, match="both"):
         startup_script(A2_ULTRA_2G, apt_mirror_host="us-central1-apt.pkg.dev")
+
+
+# --- unattended-upgrades --------------------------------------------------------------------------
+
+UNATTENDED_CONFIG = "/etc/apt/apt.conf.d/52vllm-gcp-unattended"
+
+
+def test_unattended_upgrades_leave_the_driver_and_docker_alone(a2_host: Host) -> None:
+    boot = a2_host.boot()
+    assert boot.returncode == 0, boot.output
+    config = a2_host.path(UNATTENDED_CONFIG).read_text()
+    assert "Unattended-Upgrade::Package-Blacklist {" in config
+    patterns = re.findall(r'^\s*"([^"]+)";$', config, flags=re.MULTILINE)
+    assert patterns == [
+        "nvidia-",
+        "libnvidia-",
+        "linux-modules-nvidia-",
+        "docker.io",
+        "containerd",
+        "runc",
+    ]
+
+    # unattended-upgrade matches each entry with re.match: a prefix of the package name.
+    def held(package: str) -> bool:
+        return any(re.match(pattern, package) for pattern in patterns)
+
+    for package in (
+        "nvidia-utils-580-server",
+        "nvidia-fabricmanager-580",
+        "libnvidia-compute-580-server",
+        "linux-modules-nvidia-580-server-gcp",
+        "docker.io",
+        "containerd",
+        "runc",
+    ):
+        assert held(package), package
+    for package in ("nginx", "linux-image-gcp", "openssl", "libc6"):
+        assert not held(package), package
+
+    # Written before any apt work, and only once.
+    log = a2_host.path(host_paths.STARTUP_LOG).read_text()
+    assert log.index("step: unattended-upgrades") < log.index("run: apt-get")
+    before = a2_host.path(UNATTENDED_CONFIG).stat().st_mtime_ns
+    a2_host.reboot()
+    again = a2_host.boot()
+    assert again.returncode == 0, again.output
+    assert a2_host.path(UNATTENDED_CONFIG).stat().st_mtime_ns == before
+    assert "wrote " not in again.output
+
+
+# --- NVSwitch machines ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nvswitch_host(tmp_path: Path) -> Host:
+    return Host(tmp_path, A2_ULTRA_8G).setup()
+
+
+def test_an_nvswitch_machine_gets_the_fabric_manager_matching_its_driver(
+    nvswitch_host: Host,
+) -> None:
+    boot = nvswitch_host.boot()
+    assert boot.returncode == 0, boot.output
+    assert "apt-cache madison nvidia-fabricmanager-580" in boot.calls
+    assert any(
+        call.endswith(
+            "install --no-install-recommends nvidia-fabricmanager-580=580.95.05-0ubuntu0.24.04.1"
+        )
+        for call in boot.calls
+    )
+    assert "systemctl enable --now nvidia-fabricmanager" in boot.calls
+    assert "nvidia-smi -q" in boot.calls
+    assert "GPU fabric registration complete" in boot.output
+    assert nvswitch_host.ready
+
+    nvswitch_host.reboot()
+    again = nvswitch_host.boot()
+    assert again.returncode == 0, again.output
+    assert [call for call in again.calls if call.startswith(INSTALLS)] == []
+    assert nvswitch_host.ready
+
+
+def test_an_incomplete_gpu_fabric_leaves_no_ready_marker(nvswitch_host: Host) -> None:
+    boot = nvswitch_host.boot(FAKE_FABRIC_STATE="In Progress")
+    assert boot.returncode != 0
+    assert boot.calls.count("sleep 10") == 30
+    assert nvswitch_host.failure == (
+        "GPU fabric state is 'In Progress', not Completed: see journalctl -u nvidia-fabricmanager\n"
+    )
+    assert not boot.called("docker run")
+    assert not nvswitch_host.ready
+
+
+def test_machines_without_nvswitch_leave_the_fabric_manager_out(a2_host: Host) -> None:
+    boot = a2_host.boot()
+    assert boot.returncode == 0, boot.output
+    assert not any("fabricmanager" in call for call in boot.calls)
+    assert not boot.called("nvidia-smi -q")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import pytest
 from pulumi_command import remote
 
 from components.config import AccessConfig, TlsConfig
-from components.templates import SCRIPTS_DIR
+from components.templates import SCRIPTS_DIR, render
 from components.tls_proxy import (
     SERVER_VALIDITY_HOURS,
     SiteSettings,
@@ -237,3 +240,108 @@ def test_scripts_pass_shellcheck_and_bash_n(name: str, tmp_path: Path) -> None:
             check=False,
         )
         assert checked.returncode == 0, checked.stdout
+
+
+# --- letsencrypt.sh against recording stand-ins ---------------------------------------------------
+
+STANDIN = ROOT / "tests" / "fakebin" / "standin.sh"
+LETSENCRYPT_COMMANDS = ("apt-get", "getent", "nginx", "systemctl", "sleep")
+DOMAIN = "llm.example.com"
+
+
+@dataclass
+class AcmeRun:
+    returncode: int
+    stderr: str
+    calls: list[str]
+
+
+class AcmeHost:
+    """A fake host for letsencrypt.sh: stand-ins first on PATH, its paths under a temporary root."""
+
+    def __init__(self, base: Path, certbot_installed: bool = False) -> None:
+        self.base = base
+        self.root = base / "root"
+        self.state = base / "state"
+        self.bin = base / "bin"
+        for directory in (self.root, self.state, self.bin):
+            directory.mkdir(parents=True)
+        commands = (*LETSENCRYPT_COMMANDS, *(("certbot",) if certbot_installed else ()))
+        for command in commands:
+            (self.bin / command).symlink_to(STANDIN)
+        self.path = f"{self.bin}{os.pathsep}/usr/bin{os.pathsep}/bin"
+        if shutil.which("certbot", path="/usr/bin:/bin"):
+            pytest.skip("a real certbot on this machine would hide the stand-in's")
+        self.bootstrap_site = self.root / "etc/nginx/sites-enabled/vllm-gcp-acme.conf"
+        self.bootstrap_site.parent.mkdir(parents=True)
+        script = render(
+            "letsencrypt.sh",
+            {
+                "DOMAIN": DOMAIN,
+                "EMAIL": "ops@example.com",
+                "ADDRESS": "1.2.3.4",
+                "ACME_WEBROOT": str(self.root / "var/www/vllm-gcp-acme"),
+                "BOOTSTRAP_SITE_PATH": str(self.bootstrap_site),
+            },
+        )
+        self.script = base / "letsencrypt.sh"
+        self.script.write_text(script)
+
+    def run(self, **knobs: str) -> AcmeRun:
+        log = self.state / "calls.log"
+        log.unlink(missing_ok=True)
+        env = {
+            "PATH": self.path,
+            "VLLM_GCP_ROOT": str(self.root),
+            "FAKE_STATE": str(self.state),
+            **knobs,
+        }
+        result = subprocess.run(
+            ["bash", str(self.script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        calls = log.read_text().splitlines() if log.exists() else []
+        return AcmeRun(result.returncode, result.stderr, calls)
+
+
+def test_letsencrypt_installs_certbot_and_pins_the_lineage_to_the_domain(tmp_path: Path) -> None:
+    host = AcmeHost(tmp_path)
+    run = host.run()
+    assert run.returncode == 0, run.stderr
+    assert run.calls.count("apt-get -o DPkg::Lock::Timeout=600 update -q") == 1
+    assert "apt-get -o DPkg::Lock::Timeout=600 install -y -q certbot" in run.calls
+    (certonly,) = [call for call in run.calls if call.startswith("certbot certonly")]
+    assert f" --cert-name {DOMAIN} " in certonly
+    assert (host.root / f"etc/letsencrypt/live/{DOMAIN}/fullchain.pem").exists()
+    assert not host.bootstrap_site.exists()
+    assert "systemctl enable --now certbot.timer" in run.calls
+
+
+def test_letsencrypt_skips_the_install_when_certbot_is_present(tmp_path: Path) -> None:
+    run = AcmeHost(tmp_path, certbot_installed=True).run()
+    assert run.returncode == 0, run.stderr
+    assert not any(call.startswith("apt-get") for call in run.calls)
+    assert "certbot present" in run.stderr
+
+
+def test_letsencrypt_waits_out_apt_locks_held_by_apt_daily(tmp_path: Path) -> None:
+    run = AcmeHost(tmp_path).run(FAKE_FAIL="apt-get*update*", FAKE_FAIL_TIMES="3")
+    assert run.returncode == 0, run.stderr
+    assert run.calls.count("apt-get -o DPkg::Lock::Timeout=600 update -q") == 4
+    assert run.calls.count("sleep 30") == 3
+    for attempt in range(1, 5):
+        assert f"installing certbot (attempt {attempt}/20)" in run.stderr
+    assert any(call.startswith("certbot certonly") for call in run.calls)
+
+
+def test_letsencrypt_gives_up_after_about_ten_minutes_of_apt_failures(tmp_path: Path) -> None:
+    run = AcmeHost(tmp_path).run(FAKE_FAIL="apt-get*install*")
+    assert run.returncode != 0
+    assert run.calls.count("apt-get -o DPkg::Lock::Timeout=600 install -y -q certbot") == 20
+    assert run.calls.count("sleep 30") == 19
+    assert "could not install certbot with apt after 20 attempts" in run.stderr
+    assert not any(call.startswith("certbot") for call in run.calls)
