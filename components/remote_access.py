@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pulumi
 from pulumi_command import remote
 
@@ -40,4 +43,48 @@ def connection(
         dial_error_limit=UNLIMITED_DIAL_ATTEMPTS,
         per_dial_timeout=PER_DIAL_TIMEOUT_SECONDS,
         proxy=proxy,
+    )
+
+
+def host_step(
+    name: str,
+    *,
+    connection: remote.ConnectionArgs,
+    script: pulumi.Input[str],
+    instance_id: pulumi.Input[str],
+    parent: pulumi.Resource,
+    timeout_minutes: int,
+    stdin: pulumi.Input[str] | None = None,
+    extra_triggers: Sequence[pulumi.Input[Any]] = (),
+    depends_on: Sequence[pulumi.Resource] = (),
+    log_output: bool = True,
+) -> remote.Command:
+    """One remote step on the host, with the conventions every step shares.
+
+    - `update` is the create script: a change re-runs the step in place rather than deleting
+      and re-creating it (each script is idempotent).
+    - The host's `instance_id` comes first in `triggers`, so a replaced VM re-runs the step;
+      `extra_triggers` follow it.
+    - The previous output is never sent as env: Ubuntu's sshd refuses the PULUMI_COMMAND_* env
+      vars (the provider warns on each update), and it has no business on the host.
+    - `custom_timeouts` bound create and update, since the connection dials without a limit.
+    - No delete command: the VM, and everything the step did on it, goes with the stack.
+
+    `log_output=False` keeps the step's output out of Pulumi's logs (steps handling secrets).
+    """
+    timeout = f"{timeout_minutes}m"
+    return remote.Command(
+        name,
+        connection=connection,
+        add_previous_output_in_env=False,
+        create=script,
+        update=script,
+        stdin=stdin,
+        logging=None if log_output else remote.Logging.NONE,
+        triggers=[instance_id, *extra_triggers],
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=list(depends_on) or None,
+            custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
+        ),
     )

@@ -22,6 +22,7 @@ from pulumi_command import remote
 
 from components.config import AccessConfig, TlsConfig
 from components.host_paths import TLS_DIR, VLLM_LOOPBACK_PORT
+from components.remote_access import host_step
 from components.templates import render
 
 SITE_TEMPLATE = "nginx-site.conf"
@@ -38,6 +39,9 @@ ACME_WEBROOT = "/var/www/vllm-gcp-acme"
 CERTIFICATE_PATH = f"{TLS_DIR}/server.crt"
 CERTIFICATE_KEY_PATH = f"{TLS_DIR}/server.key"
 LETSENCRYPT_LIVE_DIR = "/etc/letsencrypt/live"
+
+SITE_TIMEOUT_MINUTES = 10
+LETSENCRYPT_TIMEOUT_MINUTES = 20  # DNS check, ACME challenge and issuance
 
 # The proxy's limits (README: "The TLS proxy").
 PROXY_TIMEOUT = "900s"  # >= 600 s: Kibana waits about 200 s for a non-streamed answer
@@ -264,20 +268,15 @@ class TlsProxy(pulumi.ComponentResource):
                 lambda contents: bundle(dict(zip(names, contents, strict=True)))
             )
         )
-        command = as_root(configure_script())
-        self.site = remote.Command(
+        self.site = host_step(
             f"{name}-nginx-site",
             connection=args.connection,
-            create=command,
-            update=command,
+            script=as_root(configure_script()),
+            instance_id=args.instance_id,
+            parent=self,
+            timeout_minutes=SITE_TIMEOUT_MINUTES,
             stdin=stdin,
-            triggers=[args.instance_id],
-            add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=steps_before_site,
-                custom_timeouts=pulumi.CustomTimeouts(create="10m", update="10m"),
-            ),
+            depends_on=steps_before_site,
         )
         self.register_outputs(
             {
@@ -337,16 +336,12 @@ class TlsProxy(pulumi.ComponentResource):
         command = args.address.apply(
             lambda address: as_root(letsencrypt_script(domain, email, address))
         )
-        return remote.Command(
+        return host_step(
             f"{name}-letsencrypt",
             connection=args.connection,
-            create=command,
-            update=command,
-            triggers=[args.instance_id],
-            add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[args.host_ready],
-                custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m"),
-            ),
+            script=command,
+            instance_id=args.instance_id,
+            parent=self,
+            timeout_minutes=LETSENCRYPT_TIMEOUT_MINUTES,
+            depends_on=[args.host_ready],
         )

@@ -24,6 +24,7 @@ from pulumi_command import remote
 
 from components import host_paths
 from components.config import ModelConfig
+from components.remote_access import host_step
 from components.templates import read, render
 
 SERVICE_NAME = "vllm.service"
@@ -48,6 +49,7 @@ DISABLE_LOG_REQUESTS_REMOVED = (0, 12, 0)
 FIRST_GCS_STREAMING_RELEASE = (0, 11, 1)
 
 HOST_READY_TIMEOUT_MINUTES = 30
+SECRETS_TIMEOUT_MINUTES = 5  # writes one file on a host already reachable
 RUN_TIMEOUT_MINUTES = 45  # a first pull of the ~12 GB image, or a copy of the weights from GCS
 SERVING_TIMEOUT_MINUTES = 65  # a first start downloads tens of GB of weights
 
@@ -317,22 +319,13 @@ class VllmServer(pulumi.ComponentResource):
                 "TIMEOUT_SECONDS": str((HOST_READY_TIMEOUT_MINUTES - 2) * 60),
             },
         )
-        self.host_ready = remote.Command(
+        self.host_ready = host_step(
             f"{name}-host-ready",
             connection=args.connection,
-            # Every step: Ubuntu's sshd refuses the PULUMI_COMMAND_* env vars (the provider warns
-            # on each update), and the previous output has no business on the host.
-            add_previous_output_in_env=False,
-            create=wait_script,
-            update=wait_script,
-            triggers=[args.instance_id],
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                custom_timeouts=pulumi.CustomTimeouts(
-                    create=f"{HOST_READY_TIMEOUT_MINUTES}m",
-                    update=f"{HOST_READY_TIMEOUT_MINUTES}m",
-                ),
-            ),
+            script=wait_script,
+            instance_id=args.instance_id,
+            parent=self,
+            timeout_minutes=HOST_READY_TIMEOUT_MINUTES,
         )
 
         token = args.hugging_face_token
@@ -351,16 +344,16 @@ class VllmServer(pulumi.ComponentResource):
                 "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
             },
         )
-        self.secrets = remote.Command(
+        self.secrets = host_step(
             f"{name}-secrets",
             connection=args.connection,
-            add_previous_output_in_env=False,
-            create=secrets_script,
-            update=secrets_script,
+            script=secrets_script,
+            instance_id=args.instance_id,
+            parent=self,
+            timeout_minutes=SECRETS_TIMEOUT_MINUTES,
             stdin=env_content,
-            logging=remote.Logging.NONE,
-            triggers=[args.instance_id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.host_ready]),
+            depends_on=[self.host_ready],
+            log_output=False,
         )
 
         image = pulumi.Output.from_input(args.image if args.image is not None else model.image)
@@ -385,22 +378,17 @@ class VllmServer(pulumi.ComponentResource):
                 },
             )
         )
-        self.run = remote.Command(
+        self.run = host_step(
             f"{name}-run",
             connection=args.connection,
-            add_previous_output_in_env=False,
-            create=run_script,
-            update=run_script,
+            script=run_script,
+            instance_id=args.instance_id,
+            parent=self,
+            timeout_minutes=RUN_TIMEOUT_MINUTES,
             stdin=unit,
             # A key change rewrites the env file in step 2; the container reads it only on start.
-            triggers=[args.instance_id, env_digest],
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[self.secrets],
-                custom_timeouts=pulumi.CustomTimeouts(
-                    create=f"{RUN_TIMEOUT_MINUTES}m", update=f"{RUN_TIMEOUT_MINUTES}m"
-                ),
-            ),
+            extra_triggers=[env_digest],
+            depends_on=[self.secrets],
         )
 
         serving_script = spec.apply(
@@ -418,20 +406,15 @@ class VllmServer(pulumi.ComponentResource):
         )
         # Re-run whenever step 3 does: its script, its unit, the secrets, the VM.
         run_digest = pulumi.Output.all(run_script, unit).apply(lambda v: _sha256(v[0] + v[1]))
-        self.serving = remote.Command(
+        self.serving = host_step(
             f"{name}-serving",
             connection=args.connection,
-            add_previous_output_in_env=False,
-            create=serving_script,
-            update=serving_script,
-            triggers=[args.instance_id, run_digest, env_digest],
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[self.run],
-                custom_timeouts=pulumi.CustomTimeouts(
-                    create=f"{SERVING_TIMEOUT_MINUTES}m", update=f"{SERVING_TIMEOUT_MINUTES}m"
-                ),
-            ),
+            script=serving_script,
+            instance_id=args.instance_id,
+            parent=self,
+            timeout_minutes=SERVING_TIMEOUT_MINUTES,
+            extra_triggers=[run_digest, env_digest],
+            depends_on=[self.run],
         )
 
         self.register_outputs(
