@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,10 +43,12 @@ __all__ = [
     "MOCK_SSH_PRIVATE_KEY",
     "MOCK_TLS_KEY",
     "ROOT",
+    "SHELLCHECK",
     "USER_VALUES",
     "Plan",
     "RecordingMocks",
     "Registered",
+    "assert_shell_clean",
     "build_components",
     "is_secret_value",
     "merged",
@@ -56,11 +59,26 @@ __all__ = [
     "unwrap",
 ]
 
+SHELLCHECK = ROOT / "venv" / "bin" / "shellcheck"
+
 # The two values every stack file leaves to the user.
 USER_VALUES: dict[str, Any] = {
     "gcp:project": "test-project",
     "vllm-gcp:access": {"sshCidrs": ["198.51.100.7/32"]},
 }
+
+
+def assert_shell_clean(script: str, *, dialect: str = "bash") -> None:
+    """The script text parses (`<dialect> -n`) and passes shellcheck at warning level."""
+    subprocess.run([dialect, "-n"], input=script, text=True, check=True)
+    checked = subprocess.run(
+        [str(SHELLCHECK), "--severity=warning", f"--shell={dialect}", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout
 
 
 def stack_file(stack: str) -> dict[str, Any]:

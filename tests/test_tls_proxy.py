@@ -16,7 +16,7 @@ import pytest
 from pulumi_command import remote
 
 from components.config import AccessConfig, TlsConfig
-from components.templates import SCRIPTS_DIR, render
+from components.templates import render
 from components.tls_proxy import (
     SERVER_VALIDITY_HOURS,
     SiteSettings,
@@ -32,6 +32,7 @@ from tests.harness import (
     MOCK_PUBLIC_IP,
     MOCK_TLS_KEY,
     Plan,
+    assert_shell_clean,
     build_components,
     is_secret_value,
     plain_strings,
@@ -39,7 +40,6 @@ from tests.harness import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHELLCHECK = ROOT / "venv" / "bin" / "shellcheck"
 PROVIDED_CERTIFICATE = "-----BEGIN CERTIFICATE-----\nprovided\n-----END CERTIFICATE-----\n"
 PROVIDED_KEY = "-----BEGIN PRIVATE KEY-----\nprovided-key\n-----END PRIVATE KEY-----\n"
 COMMAND = "command:remote:Command"
@@ -228,18 +228,8 @@ SCRIPTS: dict[str, Callable[[], str]] = {
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_scripts_pass_shellcheck_and_bash_n(name: str, tmp_path: Path) -> None:
-    rendered = tmp_path / name
-    rendered.write_text(SCRIPTS[name]())
-    for path in (SCRIPTS_DIR / name, rendered):
-        subprocess.run(["bash", "-n", str(path)], check=True)
-        checked = subprocess.run(
-            [str(SHELLCHECK), "-S", "warning", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert checked.returncode == 0, checked.stdout
+def test_rendered_scripts_pass_shellcheck_and_bash_n(name: str) -> None:
+    assert_shell_clean(SCRIPTS[name]())
 
 
 # --- letsencrypt.sh against recording stand-ins ---------------------------------------------------

@@ -17,11 +17,10 @@ import pytest
 from components import host_paths
 from components import vllm_server as vllm
 from components.config import ModelConfig
-from components.templates import SCRIPTS_DIR
+from tests.harness import assert_shell_clean
 from tests.test_vllm_server import systemd_split
 
 FAKEBIN = Path(__file__).resolve().parent / "fakebin_vllm"
-SHELLCHECK = Path(__file__).resolve().parents[1] / "venv" / "bin" / "shellcheck"
 SCRIPTS = ("wait_host_ready.sh", "write_secrets.sh", "install_vllm.sh", "wait_serving.sh")
 API_KEY = "k3yABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs"
 HF_TOKEN = "hf_standintoken0123456789"
@@ -176,49 +175,19 @@ def assert_no_secret(*texts: str) -> None:
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_templates_and_rendered_scripts_pass_shellcheck_and_bash_n(name: str) -> None:
+def test_rendered_scripts_pass_shellcheck_and_bash_n(name: str) -> None:
     rendered = {
         "wait_host_ready.sh": wait_host_script(),
         "write_secrets.sh": secrets_script(),
         "install_vllm.sh": install_script(),
         "wait_serving.sh": serving_script(),
     }[name]
-    for text in (rendered, (SCRIPTS_DIR / name).read_text()):
-        subprocess.run(["bash", "-n"], input=text, text=True, check=True)
-        if SHELLCHECK.exists():
-            checked = subprocess.run(
-                [str(SHELLCHECK), "-S", "warning", "-s", "bash", "-"],
-                input=text,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            assert checked.returncode == 0, checked.stdout
+    assert_shell_clean(rendered)
 
 
 @pytest.mark.parametrize("program", ["start-gate", "pull-if-absent"])
 def test_the_units_shell_commands_pass_shellcheck(program: str) -> None:
-    script = unit_shell(program, "us-central1-docker.pkg.dev")[2]
-    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
-    if SHELLCHECK.exists():
-        checked = subprocess.run(
-            [str(SHELLCHECK), "-S", "warning", "-s", "sh", "-"],
-            input=script,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert checked.returncode == 0, checked.stdout
-
-
-def test_stand_ins_pass_shellcheck() -> None:
-    if not SHELLCHECK.exists():
-        pytest.skip("shellcheck not installed in the venv")
-    files = sorted(str(p) for p in FAKEBIN.iterdir())
-    checked = subprocess.run(
-        [str(SHELLCHECK), "-S", "warning", *files], capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout
+    assert_shell_clean(unit_shell(program, "us-central1-docker.pkg.dev")[2], dialect="sh")
 
 
 # ------------------------------------------------------------------------------------------------
