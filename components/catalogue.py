@@ -15,10 +15,17 @@ DEFAULT_HOST_IMAGE = (
     "ubuntu-accelerator-2404-amd64-with-nvidia-580"
 )
 
-# The Docker Hub image vLLM publishes; tags from v0.20 are CUDA 13 builds that need driver 580+,
-# which DEFAULT_HOST_IMAGE carries. The default is past every advisory listed below.
+# The Docker Hub image vLLM publishes (docs/getting_started/installation/gpu.cuda.inc.md, "vLLM
+# offers an official Docker image ... vllm/vllm-openai", tags `vX.Y.Z`).
 VLLM_IMAGE_REPOSITORY = "vllm/vllm-openai"
+# v0.32.0 is the newest release found in public sources (vllm-project/vllm-omni v0.32.0 "aligns
+# with vLLM 0.32.0"; gpustack/runner v0.1.31.post4 "vLLM 0.32.0 ... published on CUDA 13.0/12.9";
+# both October 2026); no later tag could be found. No advisory below names it (test_catalogue).
 DEFAULT_VLLM_IMAGE = f"{VLLM_IMAGE_REPOSITORY}:v0.32.0"
+# "After v0.20.0, default wheel/docker nightly version is cu130" (vllm-project/vllm#42738, a
+# maintainer); from then the plain tags are CUDA 13 and `-cu129` tags carry CUDA 12.9
+# (NVIDIA/Model-Optimizer#2042: vllm/vllm-openai:v0.21.0 and v0.21.0-cu129). CUDA 13.0 needs
+# the R580 driver (NVIDIA CUDA 13.0 release notes, "CUDA Driver"), which DEFAULT_HOST_IMAGE carries.
 FIRST_CUDA13_VLLM = (0, 20, 0)
 MIN_DRIVER_FOR_CUDA13 = 580
 
@@ -28,28 +35,145 @@ class Advisory:
     fixed_in: tuple[int, int, int]
     name: str
     summary: str
+    # The first affected release where the advisory names one; releases before it are not
+    # affected (e.g. the SSRF bypass CVE-2026-25960 needs the 0.15.1 URL check it bypasses).
+    introduced: tuple[int, int, int] = (0, 0, 0)
 
 
-# vLLM security advisories of 2026 (GitHub advisory database / OSV for PyPI "vllm").
+# vLLM security advisories of 2026 (a selection), with the affected range each names. Each entry
+# cites its advisory, https://github.com/vllm-project/vllm/security/advisories/<GHSA id>, as
+# mirrored by OSV (https://osv.dev/vulnerability/<GHSA id>) and the GitHub advisory database.
 VLLM_ADVISORIES: tuple[Advisory, ...] = (
-    Advisory((0, 14, 0), "CVE-2026-22807", "remote code execution through auto_map"),
-    Advisory((0, 14, 1), "CVE-2026-22778", "remote code execution in video processing"),
-    Advisory((0, 14, 1), "CVE-2026-24779", "server-side request forgery"),
-    Advisory((0, 18, 0), "CVE-2026-27893", "trust_remote_code override"),
+    # GHSA-mcmc-2m55-j8jj: >=0.10.2 <0.13.0.
+    Advisory(
+        (0, 13, 0),
+        "CVE-2026-56340",
+        "prompt-embeddings deserialization (denial of service, possible code execution)",
+        introduced=(0, 10, 2),
+    ),
+    # GHSA-2pc9-4j83-qjmr: >=0.10.1 <0.14.0.
+    Advisory(
+        (0, 14, 0),
+        "CVE-2026-22807",
+        "remote code execution through auto_map",
+        introduced=(0, 10, 1),
+    ),
+    # GHSA-4r2x-xpjr-7cvv: >=0.8.3 <0.14.1.
+    Advisory(
+        (0, 14, 1),
+        "CVE-2026-22778",
+        "remote code execution in video processing",
+        introduced=(0, 8, 3),
+    ),
+    # GHSA-qh4c-xf7m-gxfc: <0.14.1.
+    Advisory((0, 14, 1), "CVE-2026-24779", "server-side request forgery in media URLs"),
+    # GHSA-v359-jj2v-j536 (published 2026-03-09, fix vllm-project/vllm#34743): >=0.15.1 <0.17.0.
+    Advisory(
+        (0, 17, 0),
+        "CVE-2026-25960",
+        "SSRF protection bypass through a URL-parser mismatch (urllib3 vs aiohttp/yarl)",
+        introduced=(0, 15, 1),
+    ),
+    # GHSA-7972-pg2x-xr59: >=0.10.1 <0.18.0.
+    Advisory(
+        (0, 18, 0),
+        "CVE-2026-27893",
+        "trust_remote_code override",
+        introduced=(0, 10, 1),
+    ),
+    # GHSA-pf3h-qjgv-vcpr: >=0.16.0 <0.19.0.
+    Advisory(
+        (0, 19, 0),
+        "CVE-2026-34753",
+        "server-side request forgery from batch input",
+        introduced=(0, 16, 0),
+    ),
+    # GHSA-83vm-p52w-f9pw: >=0.18.0 <0.20.0.
+    Advisory(
+        (0, 20, 0),
+        "CVE-2026-44223",
+        "denial of service: penalty parameters crash extract_hidden_states speculative decoding",
+        introduced=(0, 18, 0),
+    ),
+    # GHSA-q8gq-377p-jq3r: <0.22.0.
     Advisory((0, 22, 0), "CVE-2026-41523", "security check bypass leading to code execution"),
+    # GHSA-94f4-hr76-p5j6: >=0.3.0 <0.22.0.
     Advisory(
         (0, 22, 0),
         "CVE-2026-48746",
         "API-key bypass through the Host header (mitigated here: Nginx checks the token)",
+        introduced=(0, 3, 0),
     ),
-    Advisory((0, 24, 0), "CVE-2026-54234", "denial of service"),
-    Advisory((0, 24, 0), "CVE-2026-55514", "denial of service"),
-    Advisory((0, 24, 0), "CVE-2026-55574", "regular-expression denial of service"),
+    # GHSA-8wr5-jm2h-8r4f: >=0.17.1 <0.24.0.
+    Advisory(
+        (0, 24, 0),
+        "CVE-2026-54234",
+        "denial of service: invalid recovered token reinjection in speculative decoding",
+        introduced=(0, 17, 1),
+    ),
+    # GHSA-33cg-gxv8-3p8g: >=0.12.0 <0.24.0.
+    Advisory(
+        (0, 24, 0),
+        "CVE-2026-55514",
+        "denial of service: prompt embeds on M-RoPE models",
+        introduced=(0, 12, 0),
+    ),
+    # GHSA-rwxx-mrjm-wc2m: <0.24.0.
+    Advisory(
+        (0, 24, 0),
+        "CVE-2026-55574",
+        "regular-expression denial of service (structured_outputs.regex, xgrammar and outlines)",
+    ),
+    # GHSA-v82g-2437-67m2: >=0.22.0 <0.24.0.
+    Advisory(
+        (0, 24, 0),
+        "CVE-2026-55646",
+        "denial of service: speech-to-text upload read in full before its size limit",
+        introduced=(0, 22, 0),
+    ),
+    # GHSA-8737-qx52-hjff (published 2026-08-17): prior to 0.26.0.
+    Advisory(
+        (0, 26, 0),
+        "CVE-2026-71486",
+        "uncontrolled resource consumption through the derender endpoints",
+    ),
+    # GHSA-hwrm-c4cx-rf4j (published 2026-08-13): prior to 0.26.0.
+    Advisory(
+        (0, 26, 0),
+        "CVE-2026-73555",
+        "internal path and user name disclosed in validation errors, without authentication",
+    ),
+    # GHSA-48jh-3gj7-fg8v (published 2026-08-13, fix vllm-project/vllm#47595): prior to 0.26.0.
+    Advisory(
+        (0, 26, 0),
+        "CVE-2026-73556",
+        "regular-expression denial of service (structured_outputs.regex, lm-format-enforcer)",
+    ),
+    # GHSA-87x5-vmc3-756j: >=0.19.0, fixed in 0.26.0 (the advisory's range also says <=0.26.0,
+    # but it lists 0.26.0 as patched, and the fix is in the v0.26.0 tag).
+    Advisory(
+        (0, 26, 0),
+        "CVE-2026-73559",
+        "completion prompt lists fan out into unbounded engine requests",
+        introduced=(0, 19, 0),
+    ),
+    # GHSA-4hhp-h66f-j5j7 (published 2026-08-17): prior to 0.26.0.
+    Advisory(
+        (0, 26, 0),
+        "CVE-2026-73560",
+        "server-side request forgery through the MiMo-V2-Omni processor",
+    ),
+    # GHSA-7m6h-x95x-82q5 (published 2026-08-13): prior to 0.27.0.
+    Advisory(
+        (0, 27, 0),
+        "CVE-2026-73558",
+        "cross-user data leak within a batch (integer overflow in an activation kernel)",
+    ),
 )
 
 
 def advisories_for(version: tuple[int, int, int]) -> list[Advisory]:
-    return [advisory for advisory in VLLM_ADVISORIES if version < advisory.fixed_in]
+    return [a for a in VLLM_ADVISORIES if a.introduced <= version < a.fixed_in]
 
 
 @dataclass(frozen=True)
@@ -236,18 +360,19 @@ class ModelFamily:
 
     name: str
     id_pattern: re.Pattern[str]
-    tool_call_parser: str
+    tool_call_parser: str | None  # None: vLLM's tool-calling guide names no parser for it
     vllm_flags: tuple[str, ...]
 
 
-# vLLM's tool calling guide (docs/features/tool_calling.md) names the parser for each family;
-# Mistral's checkpoints ship in Mistral's own format, hence the three format flags.
+# vLLM's tool-calling guide, docs/features/tool_calling.md (vllm-project/vllm, newest stored
+# version, commit 0064cc9c), names the parser for each family. The first matching family wins.
 MODEL_FAMILIES: tuple[ModelFamily, ...] = (
+    # "Mistral Models (`mistral`)": the official format is `--tokenizer_mode mistral
+    # --config_format mistral --load_format mistral`; Mistral Small 3.x ships it (params.json,
+    # consolidated safetensors, tekken.json).
     ModelFamily(
         name="mistral",
-        id_pattern=re.compile(
-            r"^mistralai/(Mistral|Ministral|Magistral|Devstral|Mixtral)-", re.IGNORECASE
-        ),
+        id_pattern=re.compile(r"^mistralai/(Mistral|Ministral|Magistral|Devstral)-", re.IGNORECASE),
         tool_call_parser="mistral",
         vllm_flags=(
             "--tokenizer-mode",
@@ -258,35 +383,97 @@ MODEL_FAMILIES: tuple[ModelFamily, ...] = (
             "mistral",
         ),
     ),
+    # Mixtral's Hugging Face repositories are in Transformers format without params.json
+    # (vikhyat/mixtral-inference#3, mistralai/mistral-inference#242), and the Mistral format flags
+    # then fail with "Failed to load mistral 'params.json' config ... Please check if the model
+    # is a mistral-format model" (vllm-project/vllm#17132). The guide names no Mixtral model, so
+    # tool calling stays off unless model.toolCallParser asks for it.
+    ModelFamily(
+        name="mixtral",
+        id_pattern=re.compile(r"^mistralai/Mixtral-", re.IGNORECASE),
+        tool_call_parser=None,
+        vllm_flags=(),
+    ),
+    # "Llama Models (`llama3_json`)": "All Llama 3.1, 3.2 and 4 models" (Llama 4 is recommended
+    # `llama4_pythonic`, so it is no member); Llama 3.0 is not listed. Llama 3.3 "uses the same
+    # prompt format as Llama 3.1" (llama.com/docs/model-cards-and-prompt-formats/llama3_3).
     ModelFamily(
         name="llama3",
-        id_pattern=re.compile(r"^meta-llama/(Meta-)?Llama-3(\.\d)?-.*Instruct", re.IGNORECASE),
+        id_pattern=re.compile(r"^meta-llama/(Meta-)?Llama-3\.[123]-.*Instruct", re.IGNORECASE),
         tool_call_parser="llama3_json",
         vllm_flags=(),
     ),
+    # "Qwen3-Coder Models (`qwen3_xml`)": Qwen/Qwen3-Coder-480B-A35B-Instruct,
+    # Qwen/Qwen3-Coder-30B-A3B-Instruct. Before the hermes family, which must not take them.
+    ModelFamily(
+        name="qwen3_coder",
+        id_pattern=re.compile(r"^Qwen/Qwen3-Coder-"),
+        tool_call_parser="qwen3_xml",
+        vllm_flags=(),
+    ),
+    # "Hermes Models (`hermes`)" (NousResearch/Hermes-2-Pro, -2-Theta, -3) and "Qwen Models":
+    # Qwen2.5 with `hermes`; Qwen3 likewise (QwenLM/Qwen3 docs/source/framework/function_call.md:
+    # "vllm serve Qwen/Qwen3-8B --enable-auto-tool-choice --tool-call-parser hermes").
     ModelFamily(
         name="hermes",
-        id_pattern=re.compile(r"^(Qwen/Qwen2\.5-.*Instruct|Qwen/Qwen3-|NousResearch/Hermes-)"),
+        id_pattern=re.compile(
+            r"^(Qwen/Qwen2\.5-.*Instruct|Qwen/Qwen3-(?!Coder-)|NousResearch/Hermes-)"
+        ),
         tool_call_parser="hermes",
         vllm_flags=(),
     ),
 )
 
-# Tool-call parsers vLLM ships (vllm/entrypoints/openai/tool_parsers), for the did-you-mean.
+# Tool-call parsers vLLM registers (`_TOOL_PARSERS_TO_REGISTER` in vllm/tool_parsers/__init__.py,
+# formerly vllm/entrypoints/openai/tool_parsers; newest stored version, commit 0064cc9c), for the
+# did-you-mean. `qwen3_coder` and `qwen3_xml` there name the same parser class.
 TOOL_CALL_PARSERS = frozenset(
     {
+        "apertus",
+        "cohere_command3",
+        "cohere_command4",
         "deepseek_v3",
+        "deepseek_v31",
+        "deepseek_v32",
+        "deepseek_v4",
+        "ernie45",
+        "functiongemma",
+        "gemma4",
+        "gigachat3",
+        "glm45",
+        "glm47",
         "granite",
+        "granite-20b-fc",
+        "granite4",
         "hermes",
+        "hunyuan_a13b",
+        "hy_v3",
+        "inkling",
         "internlm",
         "jamba",
+        "kimi_k2",
+        "kimi_k3",
+        "lfm2",
         "llama3_json",
+        "llama4_json",
         "llama4_pythonic",
+        "longcat",
+        "mimo",
+        "minicpm5",
+        "minimax_m2",
+        "minimax_m3",
         "mistral",
+        "olmo3",
         "openai",
         "phi4_mini_json",
+        "poolside_v1",
         "pythonic",
         "qwen3_coder",
+        "qwen3_xml",
+        "seed_oss",
+        "solar_open2",
+        "step3",
+        "step3p5",
         "xlam",
     }
 )

@@ -414,6 +414,60 @@ def test_tool_calling_can_be_turned_off_and_overridden() -> None:
     assert pythonic.model.effective_tool_call_parser == "pythonic"
 
 
+def test_mixtral_takes_a_tool_call_parser_given_explicitly() -> None:
+    config, warnings = config_of(
+        {
+            "vllm-gcp:model": {
+                "id": "mistralai/Mixtral-8x22B-Instruct-v0.1",
+                "toolCallParser": "mistral",
+            }
+        }
+    )
+    assert warnings == []
+    assert config.model.family is not None
+    assert config.model.family.name == "mixtral"
+    assert config.model.family.vllm_flags == ()
+    assert config.model.effective_tool_call_parser == "mistral"
+    default, _ = config_of({"vllm-gcp:model": {"id": "mistralai/Mixtral-8x22B-Instruct-v0.1"}})
+    assert default.model.effective_tool_call_parser is None
+
+
+def test_an_unknown_tool_call_parser_is_refused_with_a_did_you_mean() -> None:
+    error = problems_of({"vllm-gcp:model": {"toolCallParser": "qwen3-xml"}})
+    (problem,) = [p for p in error.problems if p.key == "vllm-gcp:model.toolCallParser"]
+    assert problem.message.startswith(
+        "'qwen3-xml' is not a vLLM tool-call parser; did you mean 'qwen3_xml'? (valid: none, "
+    )
+
+
+def test_qwen3_coder_gets_the_qwen3_xml_parser() -> None:
+    config, _ = config_of({"vllm-gcp:model": {"id": "Qwen/Qwen3-Coder-30B-A3B-Instruct"}})
+    assert config.model.effective_tool_call_parser == "qwen3_xml"
+
+
+def test_llama_3_0_gets_no_tool_call_parser_and_3_1_does() -> None:
+    old, _ = config_of({"vllm-gcp:model": {"id": "meta-llama/Meta-Llama-3-8B-Instruct"}})
+    assert old.model.effective_tool_call_parser is None
+    new, _ = config_of({"vllm-gcp:model": {"id": "meta-llama/Llama-3.1-8B-Instruct"}})
+    assert new.model.effective_tool_call_parser == "llama3_json"
+
+
+def test_a_release_before_0_26_warns_of_the_advisories_fixed_there() -> None:
+    _, warnings = config_of({"vllm-gcp:model": {"image": "vllm/vllm-openai:v0.25.0"}})
+    assert len(warnings) == 1
+    listed = [part.split(" (", 1)[0] for part in warnings[0].split(": ", 1)[1].split("; ")]
+    assert listed == [
+        "CVE-2026-71486",
+        "CVE-2026-73555",
+        "CVE-2026-73556",
+        "CVE-2026-73559",
+        "CVE-2026-73560",
+        "CVE-2026-73558",
+    ]
+    _, none = config_of({"vllm-gcp:model": {"image": "vllm/vllm-openai:v0.27.0"}})
+    assert none == []
+
+
 def test_an_older_vllm_is_allowed_with_a_warning_naming_its_advisories() -> None:
     config, warnings = config_of({"vllm-gcp:model": {"image": "vllm/vllm-openai:v0.9.1"}})
     assert config.model.vllm_version == (0, 9, 1)
