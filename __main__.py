@@ -107,7 +107,6 @@ elastic = ElasticIntegration(
     "vllm",
     ElasticIntegrationArgs(
         elastic=stack.elastic,
-        kibana_api_key=stack.secrets.kibana_api_key,
         stack=stack.stack,
         endpoint_host=proxy.endpoint_host,
         api_key=server.api_key,

@@ -17,8 +17,10 @@ from components.kibana_connector import KibanaConnector, KibanaConnectorArgs
 
 CONNECTOR_TYPE = ".gen-ai"  # Kibana's OpenAI connector
 API_PROVIDER = "Other"  # "Other (OpenAI Compatible Service)" in the Kibana UI
-# Long non-streaming generations (the guide turns streaming off for Security) outlast Kibana's
-# default 60s; Kibana then waits max(responseTimeout, 120 s) for the OpenAI connector.
+# Kibana waits max(xpack.actions.responseTimeout, the caller's timeout) (actions'
+# axios_utils.ts): 120 s for the OpenAI connector's non-streaming calls (DEFAULT_TIMEOUT_MS),
+# 180 s for the Security AI Assistant's (kbn-langchain DEFAULT_TIMEOUT), and responseTimeout
+# alone (default 60 s) for streamed calls that set none. 300 s lets all of them finish.
 RESPONSE_TIMEOUT = "300s"
 # Fixed namespace for connector ids, so the same stack always derives the same id.
 _CONNECTOR_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vllm-gcp:kibana-connector")
@@ -26,8 +28,10 @@ _CONNECTOR_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:vllm-gcp:kibana-co
 
 @dataclass(frozen=True)
 class ElasticIntegrationArgs:
-    elastic: ElasticConfig | None  # None: outputs only, no connector resource
-    kibana_api_key: pulumi.Output[str] | None  # secret; present whenever elastic is set
+    # None: outputs only, no connector resource. The Kibana API key is not passed here: the
+    # connector's provider reads vllm-gcp:kibanaApiKey from the stack configuration (see
+    # components/kibana_connector.py), so it never becomes a resource input or state.
+    elastic: ElasticConfig | None
     stack: str
     endpoint_host: pulumi.Output[str]  # the domain, else the IP
     api_key: pulumi.Output[str]  # secret bearer token
@@ -144,8 +148,6 @@ class ElasticIntegration(pulumi.ComponentResource):
 
         self.connector_id = None
         if elastic is not None:
-            if args.kibana_api_key is None:
-                raise ValueError("elastic is set but kibana_api_key is missing")
             connector = KibanaConnector(
                 f"{name}-kibana-connector",
                 KibanaConnectorArgs(
@@ -166,7 +168,6 @@ class ElasticIntegration(pulumi.ComponentResource):
                         lambda url: connector_config(url, model, args.tool_calling)
                     ),
                     api_key=args.api_key,
-                    kibana_api_key=args.kibana_api_key,
                     verify=elastic.verify,
                 ),
                 pulumi.ResourceOptions(parent=self, depends_on=args.endpoint_ready),

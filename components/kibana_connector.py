@@ -5,9 +5,19 @@ Create, read, update and delete go through `/api/actions/connector` (headers `kb
 can run the connector once through Kibana (`_execute` with the `test` sub-action) so that a Kibana
 that cannot reach or trust the endpoint fails `pulumi up` with Kibana's own message and a hint.
 
-The provider is pickled into the stack state by reference to this module, so this module imports
-only the standard library, httpx and pulumi. Credentials travel as secret inputs and outputs, and
-no message raised here contains them.
+The provider is pickled into the stack state by reference to this module (`dill` stores the module
+path and class name, not the code), so this module imports only the standard library, httpx and
+pulumi, and `components.kibana_connector.KibanaConnectorProvider` must keep that path and name:
+every existing stack's state names it.
+
+The Kibana API key is a credential of the deployer, not a property of the connector: it is not an
+input, output or state of the resource. The provider reads it from the *current* stack
+configuration in `configure()`, so a rotated key takes effect on the next refresh, update or
+destroy, and rotating it plans no change. The connector's own key (`api_key`, the endpoint's
+bearer token) is a secret input and output. No message raised or logged here contains either.
+
+A Kibana that cannot be reached during a refresh does not block `pulumi up`: `read` warns and
+keeps the state; create, update and delete still fail with the cause.
 """
 
 from __future__ import annotations
@@ -27,10 +37,20 @@ from pulumi.runtime import rpc
 # Config keys the stack manages; a key set to False equals a key left out (Kibana's default), so
 # a connector created without `enableNativeFunctionCalling` does not drift from one with False.
 MANAGED_CONFIG_KEYS = ("apiProvider", "apiUrl", "defaultModel", "enableNativeFunctionCalling")
-SECRET_PROPERTIES = ("api_key", "kibana_api_key")
+SECRET_PROPERTIES = ("api_key",)
 # A change to any of these means another connector (another Kibana, space, id or type): replace.
 REPLACE_PROPERTIES = ("kibana_url", "space", "connector_id", "connector_type_id")
-UPDATE_PROPERTIES = ("name", "config", "api_key", "kibana_api_key", "verify")
+UPDATE_PROPERTIES = ("name", "config", "api_key", "verify")
+# State written by versions before the key moved to the stack configuration holds the Kibana API
+# key here. It is read only as a fallback (a CLI that passes no config), never diffed, and kept
+# secret while it is still in a state (hence in additional_secret_outputs).
+LEGACY_KIBANA_KEY_PROPERTY = "kibana_api_key"
+# The stack config key, namespaced: for dynamic providers the engine passes the full stack
+# configuration with namespaces kept, decrypted, from the current stack config, also on refresh
+# and destroy (pulumi pkg/resource/deploy/target.go `GetPackageConfig`, pulumi/pulumi#17673,
+# CLI 3.139.0). Older CLIs pass an empty config.
+KIBANA_API_KEY_CONFIG = "vllm-gcp:kibanaApiKey"
+MIN_CLI_FOR_CONFIG = "3.139.0"
 
 REQUEST_TIMEOUT_SECONDS = 30.0
 # Kibana's OpenAI connector waits up to 120 s for the model (DEFAULT_TIMEOUT_MS in Kibana's
@@ -79,6 +99,10 @@ class KibanaApiError(Exception):
 
 class _Conflict(KibanaApiError):
     """The connector id is taken (409)."""
+
+
+class MissingKibanaApiKey(KibanaApiError):
+    """Neither the stack configuration nor an older state holds a Kibana API key."""
 
 
 @dataclass(frozen=True)
@@ -296,7 +320,17 @@ def _plain(value: Any) -> Any:
 
 
 class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
-    """Manages one Kibana connector; properties are those of `KibanaConnector`."""
+    """Manages one Kibana connector; properties are those of `KibanaConnector`.
+
+    Keep this class at `components.kibana_connector.KibanaConnectorProvider`: the state of every
+    stack holds a pickle naming it. Instances pickled by earlier versions are restored without
+    running `__init__` (pickle restores `__dict__`), so every attribute added since the first
+    version needs a class-level default.
+    """
+
+    # Set by `configure()` in the provider process; never set where the provider is pickled (the
+    # program registers the resource, the dynamic provider process configures it).
+    _kibana_api_key: str | None = None
 
     def __init__(
         self,
@@ -313,9 +347,23 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
 
     # Pulumi's provider interface ----------------------------------------------------------------
 
+    def configure(self, req: pulumi.dynamic.ConfigureRequest) -> None:
+        """Take the Kibana API key from the current stack configuration.
+
+        The SDK's `pulumi/dynamic/__main__.py` `get_provider` unpickles the provider from
+        `props["__provider"]` and calls this once per provider process with the config the
+        `Configure` RPC stored (secrets unwrapped). The key is looked up with its namespace: the
+        engine keeps namespaces, and the SDK's `Config` would otherwise prefix the provider
+        process's project name, which is not reliably `vllm-gcp` there.
+        """
+        value = _plain(req.config.get(KIBANA_API_KEY_CONFIG))
+        self._kibana_api_key = str(value) if value else None
+
     def diff(
         self, _id: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
+        # A `kibana_api_key` in olds (state from an earlier version) is not compared: it is a
+        # credential, not a property, and rotating it must plan no update.
         replaces = [key for key in REPLACE_PROPERTIES if _plain(olds.get(key)) != news.get(key)]
         updates = [key for key in UPDATE_PROPERTIES if self._differs(key, olds, news)]
         return pulumi.dynamic.DiffResult(
@@ -346,10 +394,32 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.CreateResult(connector_id, self._outputs(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
-        live = self._client(props).get(id_)
+        # `props` is the old state (the SDK's Read passes the checkpoint's outputs).
+        client = self._client(props)
+        try:
+            live = client.get(id_)
+        except KibanaApiError as failure:
+            # Unreachable, refusing the key (401/403), answering 5xx: that says nothing about the
+            # connector, so the refresh keeps what the state knows instead of failing `pulumi up`
+            # over a resource it may not even change. In the provider process pulumi.log.warn has
+            # no engine and prints "warning: ..." to stderr, which the engine shows as a
+            # diagnostic (pulumi sdk/go/common/resource/plugin/plugin.go). The message is
+            # KibanaClient's, which holds no credential; redacted again all the same.
+            pulumi.log.warn(
+                client.redacted(
+                    f"Kibana connector {id_}: refresh could not read it from Kibana, so its "
+                    f"state is kept unchanged (the next refresh checks again). Cause: {failure}"
+                )
+            )
+            return pulumi.dynamic.ReadResult(id_, self._kept(props))
         if live is None:
             return pulumi.dynamic.ReadResult("", {})
-        outputs = self._outputs(props)
+        outputs = self._outputs(props)  # without the Kibana API key an older state carries
+        legacy = props.get(LEGACY_KIBANA_KEY_PROPERTY)
+        if self._kibana_api_key is None and legacy:
+            # No key in the config (a CLI before 3.139): keep the older state's copy, the only
+            # key a later destroy could use.
+            outputs[LEGACY_KIBANA_KEY_PROPERTY] = _plain(legacy)
         outputs["name"] = live.get("name", outputs.get("name"))
         outputs["connector_type_id"] = live.get("connector_type_id", props["connector_type_id"])
         outputs["config"] = normalised_config(live.get("config") or {})
@@ -359,9 +429,9 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.ReadResult(id_, outputs)
 
     def update(
-        self, id_: str, _olds: dict[str, Any], news: dict[str, Any]
+        self, id_: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> pulumi.dynamic.UpdateResult:
-        client = self._client(news)
+        client = self._client(news, olds)
         if client.update(id_, self._body(news)) is None:
             # Deleted outside Pulumi since the last refresh: put it back under the same id.
             client.create(id_, {"connector_type_id": news["connector_type_id"], **self._body(news)})
@@ -374,14 +444,36 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
 
     # Helpers ----------------------------------------------------------------------------------
 
-    def _client(self, props: Mapping[str, Any]) -> KibanaClient:
+    def _client(self, props: Mapping[str, Any], *older: Mapping[str, Any]) -> KibanaClient:
+        states = (props, *older)
+        legacy_keys = tuple(str(_plain(s.get(LEGACY_KIBANA_KEY_PROPERTY) or "")) for s in states)
         return KibanaClient(
             base_url=str(props["kibana_url"]).rstrip("/"),
             space=str(props["space"]),
-            api_key=str(_plain(props["kibana_api_key"])),
+            api_key=self._kibana_key(states),
             timeout=self.request_timeout,
-            redact=(str(_plain(props.get("api_key") or "")),),
+            redact=(str(_plain(props.get("api_key") or "")), *legacy_keys),
         )
+
+    def _kibana_key(self, states: tuple[Mapping[str, Any], ...]) -> str:
+        """The configured key; failing that, the one an older state holds."""
+        if self._kibana_api_key:
+            return self._kibana_api_key
+        for state in states:
+            legacy = _plain(state.get(LEGACY_KIBANA_KEY_PROPERTY))
+            if legacy:
+                return str(legacy)
+        raise MissingKibanaApiKey(
+            f"No Kibana API key: set {KIBANA_API_KEY_CONFIG} with `pulumi config set --secret "
+            f"{KIBANA_API_KEY_CONFIG} <encoded key>`. The Kibana connector's provider reads "
+            f"{KIBANA_API_KEY_CONFIG} from the stack configuration, which the Pulumi CLI hands "
+            f"to dynamic providers from version {MIN_CLI_FOR_CONFIG}: upgrade an older CLI"
+        )
+
+    @staticmethod
+    def _kept(props: Mapping[str, Any]) -> dict[str, Any]:
+        """The old state as it is (the SDK's Read adds `__provider` back itself)."""
+        return {key: value for key, value in props.items() if key != "__provider"}
 
     @staticmethod
     def _body(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,6 +486,8 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
     @staticmethod
     def _outputs(props: Mapping[str, Any]) -> dict[str, Any]:
         outputs = {key: _plain(value) for key, value in props.items() if key != "__provider"}
+        # Never write the Kibana API key into a new state, whatever the props hold.
+        outputs.pop(LEGACY_KIBANA_KEY_PROPERTY, None)
         outputs["config"] = normalised_config(outputs.get("config") or {})
         return outputs
 
@@ -451,8 +545,8 @@ class KibanaConnectorArgs:
     name: str
     config: pulumi.Input[Mapping[str, Any]]  # non-secret connector config
     api_key: pulumi.Input[str]  # secret: the connector's secrets.apiKey
-    kibana_api_key: pulumi.Input[str]  # secret
     verify: bool
+    # No Kibana API key here: the provider reads vllm-gcp:kibanaApiKey from the stack config.
 
 
 class KibanaConnector(pulumi.dynamic.Resource):
@@ -477,10 +571,13 @@ class KibanaConnector(pulumi.dynamic.Resource):
             "name": args.name,
             "config": args.config,
             "api_key": pulumi.Output.secret(args.api_key),
-            "kibana_api_key": pulumi.Output.secret(args.kibana_api_key),
             "verify": args.verify,
         }
-        secret_outputs = pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_PROPERTIES))
+        # The legacy key stays listed so that an older state's copy is kept secret until a
+        # refresh or an update drops it.
+        secret_outputs = pulumi.ResourceOptions(
+            additional_secret_outputs=[*SECRET_PROPERTIES, LEGACY_KIBANA_KEY_PROPERTY]
+        )
         super().__init__(
             provider or KibanaConnectorProvider(),
             resource_name,

@@ -6,7 +6,6 @@ from typing import Any
 
 import pulumi
 import pulumi_random
-import pytest
 import yaml
 
 from components.config import ElasticConfig
@@ -21,7 +20,6 @@ from tests.harness import (
     MOCK_KIBANA_KEY,
     MOCK_PUBLIC_IP,
     Plan,
-    RecordingMocks,
     build_components,
     is_secret_value,
     plain_strings,
@@ -46,7 +44,6 @@ def build(
             "vllm",
             ElasticIntegrationArgs(
                 elastic=elastic,
-                kibana_api_key=pulumi.Output.secret(MOCK_KIBANA_KEY) if elastic else None,
                 stack="test",
                 endpoint_host=pulumi.Output.from_input(host),
                 api_key=pulumi.Output.secret(MOCK_API_KEY),
@@ -138,10 +135,24 @@ def test_connector_resource_when_kibana_is_configured() -> None:
     [connector] = built.of_type(DYNAMIC)
     assert connector.name == "vllm-kibana-connector"
     assert is_secret_value(connector.inputs["api_key"])
-    assert is_secret_value(connector.inputs["kibana_api_key"])
     plain = connector.plain
     assert plain["api_key"] == MOCK_API_KEY
-    assert plain["kibana_api_key"] == MOCK_KIBANA_KEY
+    # The Kibana API key is no input: the provider reads vllm-gcp:kibanaApiKey from the stack
+    # configuration, so rotating it plans no update and no state holds a key gone stale.
+    assert "kibana_api_key" not in connector.inputs
+    assert set(plain) == {
+        "kibana_url",
+        "space",
+        "connector_id",
+        "connector_type_id",
+        "name",
+        "config",
+        "api_key",
+        "verify",
+        "__provider",
+    }
+    for resource in built.resources:
+        assert not any(MOCK_KIBANA_KEY in text for text in plain_strings(resource.plain))
     assert plain["kibana_url"] == "https://kb.example.com"
     assert plain["space"] == "security"
     assert plain["name"] == "Mistral on GCP"
@@ -166,30 +177,6 @@ def test_connector_follows_verify_setting() -> None:
     built = build(elastic=kibana(verify=False))
     [connector] = built.of_type(DYNAMIC)
     assert connector.plain["verify"] is False
-
-
-def test_missing_kibana_key_is_refused() -> None:
-    pulumi.runtime.set_mocks(RecordingMocks(), project="vllm-gcp", stack="test", preview=False)
-
-    @pulumi.runtime.test
-    def program() -> None:
-        ElasticIntegration(
-            "vllm",
-            ElasticIntegrationArgs(
-                elastic=kibana(),
-                kibana_api_key=None,
-                stack="test",
-                endpoint_host=pulumi.Output.from_input("h.example.com"),
-                api_key=pulumi.Output.secret(MOCK_API_KEY),
-                served_model_name=MODEL,
-                tool_calling=True,
-                ca_certificate=None,
-                endpoint_ready=[],
-            ),
-        )
-
-    with pytest.raises(ValueError, match="kibana_api_key"):
-        program()
 
 
 def test_kibana_settings_indent_every_line_of_a_chain() -> None:

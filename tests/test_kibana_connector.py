@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import socket
@@ -9,19 +10,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
+import pulumi.dynamic
 import pytest
-from pulumi.dynamic import DiffResult
+from pulumi.dynamic import Config, ConfigureRequest, DiffResult
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
 from components.elastic import connector_config, connector_id_for
 from components.kibana_connector import (
+    KIBANA_API_KEY_CONFIG,
     KibanaApiError,
     KibanaClient,
     KibanaConnectorProvider,
@@ -123,11 +130,40 @@ def kibana() -> Iterator[StandInKibana]:
         yield stand_in
 
 
+def stack_config(kibana_key: str | None) -> dict[str, Any]:
+    """What the engine hands a dynamic provider's Configure: the whole stack configuration,
+    namespaces kept, secrets decrypted (pulumi pkg/resource/deploy/target.go GetPackageConfig)."""
+    raw: dict[str, Any] = {
+        "gcp:project": "my-project",
+        "gcp:zone": "us-central1-a",
+        "vllm-gcp:access": json.dumps({"sshCidrs": ["198.51.100.7/32"]}),
+        "vllm-gcp:elastic": json.dumps({"kibanaUrl": "https://kb.example.com"}),
+    }
+    if kibana_key is not None:
+        raw[KIBANA_API_KEY_CONFIG] = kibana_key
+    return raw
+
+
+def configured(
+    kibana_key: str | None = KIBANA_KEY,
+    *,
+    request_timeout: float = 3,
+    verify_attempts: int = 1,
+) -> KibanaConnectorProvider:
+    """A provider as its process runs it: built, then configured from the stack config."""
+    provider = KibanaConnectorProvider(
+        request_timeout=request_timeout,
+        verify_timeout=10,
+        verify_attempts=verify_attempts,
+        verify_retry_delay=0,
+    )
+    provider.configure(ConfigureRequest(Config(stack_config(kibana_key), "vllm-gcp")))
+    return provider
+
+
 @pytest.fixture
 def provider() -> KibanaConnectorProvider:
-    return KibanaConnectorProvider(
-        request_timeout=3, verify_timeout=10, verify_attempts=1, verify_retry_delay=0
-    )
+    return configured(KIBANA_KEY)
 
 
 def props(kibana_url: str, **overrides: Any) -> dict[str, Any]:
@@ -140,7 +176,6 @@ def props(kibana_url: str, **overrides: Any) -> dict[str, Any]:
         "name": f"vLLM - {MODEL}",
         "config": connector_config("https://203.0.113.10/v1/chat/completions", MODEL, True),
         "api_key": ENDPOINT_KEY,
-        "kibana_api_key": KIBANA_KEY,
         "verify": False,
         "__provider": "serialized-provider",
     }
@@ -275,7 +310,6 @@ def test_diff_replaces_only_for_another_kibana_space_id_or_type(
         ("name", "renamed"),
         ("config", connector_config("https://x.example.com/v1/chat/completions", MODEL, True)),
         ("api_key", "new-token"),
-        ("kibana_api_key", "new-kibana-key"),
         ("verify", True),
     ):
         diff = provider.diff(CONNECTOR_ID, old, {**old, key: value})
@@ -338,17 +372,15 @@ def test_wrong_kibana_key_names_the_setting(
     kibana: StandInKibana, provider: KibanaConnectorProvider
 ) -> None:
     with pytest.raises(KibanaApiError, match=r"refused the API key \(401\).*kibanaApiKey") as error:
-        provider.create(props(kibana.url, kibana_api_key="d3Jvbmcta2V5"))
+        configured("d3Jvbmcta2V5").create(props(kibana.url))
     assert "d3Jvbmcta2V5" not in str(error.value)
     assert_no_credentials(error.value)
 
 
 @pytest.mark.parametrize("key", [READ_ONLY_KEY, NO_ACCESS_KEY])
-def test_missing_privilege_names_it(
-    kibana: StandInKibana, provider: KibanaConnectorProvider, key: str
-) -> None:
+def test_missing_privilege_names_it(kibana: StandInKibana, key: str) -> None:
     with pytest.raises(KibanaApiError, match=r"403.*Actions and Connectors: All") as error:
-        provider.create(props(kibana.url, kibana_api_key=key))
+        configured(key).create(props(kibana.url))
     assert_no_credentials(error.value)
 
 
@@ -391,7 +423,7 @@ def test_kibana_that_stalls_times_out_with_a_clear_message(
     kibana: StandInKibana,
 ) -> None:
     kibana.stall_seconds = 5
-    quick = KibanaConnectorProvider(request_timeout=0.3, verify_attempts=1)
+    quick = configured(request_timeout=0.3)
     started = time.monotonic()
     with pytest.raises(KibanaApiError, match=r"did not answer within 0.3 s while creating"):
         quick.create(props(kibana.url))
@@ -479,7 +511,7 @@ def test_verify_failure_for_an_untrusted_endpoint_points_at_kibana_settings(
 def test_verify_failure_for_an_unreachable_endpoint_retries_then_hints_firewall(
     kibana: StandInKibana,
 ) -> None:
-    retrying = KibanaConnectorProvider(request_timeout=3, verify_attempts=2, verify_retry_delay=0)
+    retrying = configured(verify_attempts=2)
     config = connector_config(f"https://127.0.0.1:{closed_port()}/v1/chat/completions", MODEL, True)
     with pytest.raises(KibanaApiError, match=r"(?s)ECONNREFUSED.*apiCidrs"):
         retrying.create(props(kibana.url, config=config, verify=True))
@@ -532,3 +564,351 @@ def test_provider_round_trips_through_its_serialized_form() -> None:
         timeout=60,
     )
     assert loaded.stdout.split() == ["KibanaConnectorProvider", "7"]
+
+
+def test_the_pickled_provider_names_this_module_and_class() -> None:
+    # dill pickles the class by reference: every stack's state names this module and class, so a
+    # rename or a move breaks every existing stack's refresh, update and destroy.
+    raw = base64.b64decode(serialize_provider(KibanaConnectorProvider()))
+    assert KibanaConnectorProvider.__module__ == "components.kibana_connector"
+    assert b"components.kibana_connector" in raw
+    assert b"KibanaConnectorProvider" in raw
+
+
+# ------------------------------------------------------------------------------------------------
+# The Kibana API key comes from the current stack configuration: rotation, older states
+
+
+KEY_A = base64.b64encode(b"rotation-key-id-a:rotation-key-secret-a").decode()
+KEY_B = base64.b64encode(b"rotation-key-id-b:rotation-key-secret-b").decode()
+
+
+@pytest.fixture
+def kibana_ab() -> Iterator[StandInKibana]:
+    with StandInKibana(keys={KEY_A: "all", KEY_B: "all"}) as stand_in:
+        yield stand_in
+
+
+def in_provider_thread(call: Callable[[], Any]) -> Any:
+    """Run `call` as the SDK's dynamic provider servicer does: on a worker thread of a pool.
+
+    Its fresh context has no engine (Pulumi's settings are context variables), so pulumi.log
+    prints "warning: ..." to stderr as in the provider process, and the settings the SDK's
+    get_provider configures do not leak into other tests.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result()
+
+
+@pytest.fixture(scope="module")
+def sdk_dynamic_main() -> ModuleType:
+    """The SDK's own pulumi/dynamic/__main__.py, the dynamic provider process's entry point.
+
+    Importing it would serve gRPC forever: it ends with `main()`. It is compiled from its source
+    without that one statement, so `get_provider` below is the SDK's code as the engine runs it.
+    """
+    path = Path(pulumi.dynamic.__file__).with_name("__main__.py")
+    tree = ast.parse(path.read_text(), str(path))
+    last = tree.body[-1]
+    assert isinstance(last, ast.Expr)
+    assert isinstance(last.value, ast.Call)
+    assert isinstance(last.value.func, ast.Name)
+    assert last.value.func.id == "main"
+    tree.body = tree.body[:-1]
+    module = ModuleType("sdk_dynamic_main")
+    module.__file__ = str(path)
+    exec(compile(tree, str(path), "exec"), module.__dict__)  # noqa: S102 - the SDK's own source
+    return module
+
+
+@pytest.fixture
+def get_provider(sdk_dynamic_main: ModuleType) -> Iterator[Callable[..., Any]]:
+    """The SDK's get_provider(props, config), with its per-process cache cleared around a test."""
+    cache: dict[str, Any] = sdk_dynamic_main._PROVIDER_CACHE
+    cache.clear()
+    yield sdk_dynamic_main.get_provider
+    cache.clear()
+
+
+def test_a_rotated_key_reads_updates_verifies_and_deletes(kibana_ab: StandInKibana) -> None:
+    kibana = kibana_ab
+    with FakeEndpoint(ENDPOINT_KEY) as endpoint:
+        config = connector_config(endpoint.chat_url, MODEL, True)
+        created = configured(KEY_A).create(props(kibana.url, config=config, verify=True))
+        assert created.outs is not None
+        assert "kibana_api_key" not in created.outs  # the state holds no key to go stale
+        assert set(kibana.keys_used()) == {KEY_A}
+        state = {**created.outs, "__provider": "serialized-provider"}
+
+        # Rotate: the stack config now holds B, and A is revoked in Kibana.
+        kibana.revoke(KEY_A)
+        rotated = len(kibana.requests)
+        provider = configured(KEY_B)
+        desired = props(kibana.url, config=config, verify=True)
+        assert provider.diff(CONNECTOR_ID, state, desired).changes is False  # nothing to update
+
+        refreshed = provider.read(CONNECTOR_ID, state)
+        assert refreshed.id == CONNECTOR_ID
+        assert refreshed.outs is not None
+        assert provider.diff(CONNECTOR_ID, refreshed.outs, desired).changes is False
+        updated = provider.update(
+            CONNECTOR_ID, refreshed.outs, props(kibana.url, config=config, verify=True, name="r")
+        )
+        assert updated.outs is not None
+        assert "kibana_api_key" not in updated.outs
+        stored = kibana.connector(CONNECTOR_ID)
+        assert stored is not None
+        assert stored["name"] == "r"
+        assert endpoint.received[-1]["authorized"] is True  # verified again, through Kibana
+        provider.delete(CONNECTOR_ID, {**updated.outs, "__provider": "serialized-provider"})
+    assert kibana.connector(CONNECTOR_ID) is None
+    calls = [(r.method, r.path.rsplit("/", 1)[-1]) for r in kibana.requests[rotated:]]
+    assert calls == [
+        ("GET", CONNECTOR_ID),
+        ("PUT", CONNECTOR_ID),
+        ("POST", "_execute"),
+        ("DELETE", CONNECTOR_ID),
+    ]
+    assert kibana.keys_used()[rotated:] == [KEY_B] * 4
+
+
+def test_an_older_state_holding_the_kibana_key_plans_no_change_and_uses_the_config(
+    kibana_ab: StandInKibana,
+) -> None:
+    kibana = kibana_ab
+    created = configured(KEY_A).create(props(kibana.url))
+    assert created.outs is not None
+    # What versions before this one wrote: the Kibana API key among the properties.
+    old_state = {**created.outs, "kibana_api_key": KEY_A, "__provider": "serialized-provider"}
+    kibana.revoke(KEY_A)
+    rotated = len(kibana.requests)
+    provider = configured(KEY_B)
+    desired = props(kibana.url)
+
+    diff = provider.diff(CONNECTOR_ID, old_state, desired)
+    assert diff.changes is False
+    assert diff.replaces == []
+    refreshed = provider.read(CONNECTOR_ID, old_state)
+    assert refreshed.outs is not None
+    assert "kibana_api_key" not in refreshed.outs  # the refresh drops the stale copy
+    updated = provider.update(CONNECTOR_ID, old_state, props(kibana.url, name="renamed"))
+    assert updated.outs is not None
+    assert "kibana_api_key" not in updated.outs
+    provider.delete(CONNECTOR_ID, old_state)
+    assert kibana.connector(CONNECTOR_ID) is None
+    assert kibana.keys_used()[rotated:] == [KEY_B] * 3
+
+
+def test_without_a_configured_key_only_an_older_state_key_is_used(
+    kibana: StandInKibana,
+) -> None:
+    # A CLI before 3.139 passes dynamic providers no config at all.
+    configured(KIBANA_KEY).create(props(kibana.url))
+    legacy = configured(None)
+    old_state = {**props(kibana.url), "kibana_api_key": KIBANA_KEY}
+    refreshed = legacy.read(CONNECTOR_ID, old_state)
+    assert refreshed.outs is not None
+    assert refreshed.outs["kibana_api_key"] == KIBANA_KEY  # the only key a destroy could use
+    for call in (
+        lambda: legacy.create(props(kibana.url)),
+        lambda: legacy.read(CONNECTOR_ID, props(kibana.url)),  # a config problem: no warning
+        lambda: legacy.update(CONNECTOR_ID, props(kibana.url), props(kibana.url, name="x")),
+        lambda: legacy.delete(CONNECTOR_ID, props(kibana.url)),
+        lambda: KibanaConnectorProvider().delete(CONNECTOR_ID, props(kibana.url)),
+    ):
+        with pytest.raises(KibanaApiError, match=r"vllm-gcp:kibanaApiKey.*3\.139"):
+            call()
+    legacy.delete(CONNECTOR_ID, old_state)
+    assert kibana.connector(CONNECTOR_ID) is None
+
+
+def test_the_sdk_unpickles_and_configures_the_provider_with_the_current_key(
+    kibana_ab: StandInKibana, get_provider: Callable[..., Any]
+) -> None:
+    kibana = kibana_ab
+    kibana.revoke(KEY_A)
+    serialized = serialize_provider(KibanaConnectorProvider(request_timeout=3))
+
+    def provider_process() -> Any:
+        # The Configure RPC's config (stack config, namespaced); then each RPC's get_provider.
+        provider = get_provider({"__provider": serialized}, stack_config(KEY_B))
+        desired = props(kibana.url, __provider=serialized)
+        created = provider.create(desired)
+        state = {**created.outs, "__provider": serialized}
+        assert get_provider(state, stack_config(KEY_A)) is provider  # configured once
+        assert provider.read(CONNECTOR_ID, state).id == CONNECTOR_ID
+        provider.update(CONNECTOR_ID, state, {**desired, "name": "renamed"})
+        provider.delete(CONNECTOR_ID, state)
+        return provider
+
+    provider = in_provider_thread(provider_process)
+    assert type(provider) is KibanaConnectorProvider
+    assert [r.method for r in kibana.requests] == ["POST", "GET", "PUT", "DELETE"]
+    assert kibana.keys_used() == [KEY_B] * 4
+    assert kibana.connector(CONNECTOR_ID) is None
+
+
+@pytest.mark.parametrize("config_key", [KIBANA_KEY, None], ids=["config", "no config"])
+def test_a_provider_pickled_by_an_earlier_version_still_works(
+    kibana: StandInKibana, get_provider: Callable[..., Any], config_key: str | None
+) -> None:
+    configured(KIBANA_KEY).create(props(kibana.url))
+    # An earlier version's pickle: the instance __dict__ its __init__ made, nothing added since.
+    old = KibanaConnectorProvider.__new__(KibanaConnectorProvider)
+    old.__dict__.update(
+        request_timeout=3.0, verify_timeout=10.0, verify_attempts=1, verify_retry_delay=0.0
+    )
+    serialized = serialize_provider(old)
+    # With the key in the config (CLI 3.139+) the state's copy, long revoked, is not used; with
+    # no config (an older CLI) the state's copy is the only key there is.
+    legacy = "c3RhbGUta2V5LWxvbmctcmV2b2tlZA==" if config_key else KIBANA_KEY
+    old_state = {**props(kibana.url, __provider=serialized), "kibana_api_key": legacy}
+
+    def provider_process() -> Any:
+        provider = get_provider(old_state, stack_config(config_key))
+        refreshed = provider.read(CONNECTOR_ID, old_state)
+        provider.delete(CONNECTOR_ID, old_state)
+        return refreshed
+
+    refreshed = in_provider_thread(provider_process)
+    assert refreshed.id == CONNECTOR_ID
+    assert kibana.keys_used()[1:] == [KIBANA_KEY, KIBANA_KEY]
+    assert kibana.connector(CONNECTOR_ID) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Kibana down: a refresh keeps the state and warns; create, update and delete still fail
+
+
+@contextmanager
+def hangs_up() -> Generator[int]:
+    """A port that accepts TCP and closes at once, as a load balancer with no backend does: a
+    TLS handshake there ends before it starts."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+OUTAGES = (
+    "connection refused",
+    "503",
+    "timeout",
+    "name not found",
+    "tls hang-up",
+    "key revoked (401)",
+    "key without privilege (403)",
+)
+
+
+def assert_refresh_keeps_state(
+    provider: KibanaConnectorProvider,
+    state: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    """Refresh as the provider process does; the old state comes back unchanged, with a warning."""
+    capsys.readouterr()
+    refreshed = in_provider_thread(lambda: provider.read(CONNECTOR_ID, state))
+    warning = capsys.readouterr().err
+    assert refreshed.id == CONNECTOR_ID
+    assert refreshed.outs == {k: v for k, v in state.items() if k != "__provider"}
+    assert warning.startswith(f"warning: Kibana connector {CONNECTOR_ID}: refresh could not read")
+    assert "kept unchanged" in warning
+    for secret in (KIBANA_KEY, READ_ONLY_KEY, NO_ACCESS_KEY, ENDPOINT_KEY):
+        assert secret not in warning
+    return warning
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+def test_refresh_during_an_outage_keeps_the_state_and_warns(
+    kibana: StandInKibana, capsys: pytest.CaptureFixture[str], outage: str
+) -> None:
+    created = configured(KIBANA_KEY).create(props(kibana.url))
+    assert created.outs is not None
+    state = {**created.outs, "__provider": "serialized-provider"}
+    provider = configured(KIBANA_KEY)
+    with ExitStack() as stack:
+        if outage == "connection refused":
+            kibana.stop()
+            expected = "Cannot connect to Kibana"
+        elif outage == "503":
+            kibana.unavailable = True
+            expected = "Kibana answered 503 while reading the connector: Kibana server is not"
+        elif outage == "timeout":
+            kibana.stall_seconds = 2
+            provider = configured(KIBANA_KEY, request_timeout=0.2)
+            expected = "did not answer within 0.2 s while reading"
+        elif outage == "name not found":
+            state["kibana_url"] = "http://kibana.invalid"
+            expected = "Kibana at http://kibana.invalid"
+        elif outage == "tls hang-up":
+            state["kibana_url"] = f"https://127.0.0.1:{stack.enter_context(hangs_up())}"
+            expected = "Kibana at https://127.0.0.1"
+        elif outage == "key revoked (401)":
+            kibana.revoke(KIBANA_KEY)
+            expected = "refused the API key (401)"
+        else:
+            provider = configured(NO_ACCESS_KEY)
+            expected = "lacks a privilege (403)"
+        warning = assert_refresh_keeps_state(provider, state, capsys)
+        assert expected in warning
+
+
+def test_refresh_after_the_outage_reads_kibana_again(
+    kibana: StandInKibana, provider: KibanaConnectorProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    created = provider.create(props(kibana.url))
+    assert created.outs is not None
+    state = {**created.outs, "__provider": "serialized-provider"}
+    kibana.stop()
+    assert_refresh_keeps_state(provider, state, capsys)
+    kibana.start()
+    stored = kibana.connector(CONNECTOR_ID)
+    assert stored is not None
+    stored["name"] = "renamed in Kibana"
+    refreshed = provider.read(CONNECTOR_ID, state)
+    assert refreshed.outs is not None
+    assert refreshed.outs["name"] == "renamed in Kibana"
+    kibana.connectors.clear()
+    assert not provider.read(CONNECTOR_ID, state).id  # a 404 still means gone
+
+
+@pytest.mark.parametrize("outage", ["closed port", "503"])
+def test_create_update_and_delete_fail_while_kibana_is_down(
+    kibana: StandInKibana, provider: KibanaConnectorProvider, outage: str
+) -> None:
+    state = props(kibana.url)
+    provider.create(state)
+    if outage == "closed port":
+        state = props(f"http://127.0.0.1:{closed_port()}")
+        expected = r"Cannot connect to Kibana at .* while {}.*elastic\.kibanaUrl"
+    else:
+        kibana.unavailable = True
+        expected = r"Kibana answered 503 while {}"
+    with pytest.raises(KibanaApiError, match=expected.format("creating")):
+        provider.create(state)
+    with pytest.raises(KibanaApiError, match=expected.format("updating")) as error:
+        provider.update(CONNECTOR_ID, state, {**state, "name": "renamed"})
+    assert_no_credentials(error.value)
+    with pytest.raises(KibanaApiError, match=expected.format("deleting")) as error:
+        provider.delete(CONNECTOR_ID, state)
+    assert_no_credentials(error.value)
+    assert kibana.connector(CONNECTOR_ID) is not None

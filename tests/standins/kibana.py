@@ -10,6 +10,10 @@ What it checks, and answers in Kibana's shapes (`{"statusCode", "error", "messag
   allowed and required config keys, unknown keys refused; secrets `{apiKey}`;
 - `_execute` with the `test`/`run` sub-action POSTs the body to the connector's apiUrl with
   `Authorization: Bearer <apiKey>` and answers `{"status": "ok"|"error", ...}` with HTTP 200.
+
+And what an operator meets over time: `revoke(key)` invalidates an API key (401 from then on),
+`unavailable = True` answers every request 503 as a Kibana that is not ready yet does, and
+`stop()`/`start()` close and reopen its port (the same port, so the URL stays valid).
 """
 
 from __future__ import annotations
@@ -70,44 +74,73 @@ class Recorded:
 class StandInKibana:
     """Start with `with StandInKibana(keys={...}) as kibana:`; `kibana.url` is its base URL."""
 
-    keys: Mapping[str, str]  # API key -> "all" | "read" | "none"
+    keys: Mapping[str, str]  # API key -> "all" | "read" | "none"; copied, see `revoke`
     spaces: tuple[str, ...] = ("default",)
     native_function_calling: bool = True  # False: a Kibana before 9.2
     tls: tuple[str, str] | None = None  # (certificate PEM, key PEM) to serve HTTPS
     upstream_ca: str | None = None  # PEM Kibana trusts for apiUrl (customHostSettings)
     execute_timeout: float = 5.0
     stall_seconds: float = 0.0  # hold every answer this long (a hung Kibana)
+    unavailable: bool = False  # answer every request 503 (Kibana starting, or its ES down)
     connectors: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    _port: int = 0
     _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.keys = dict(self.keys)  # revoking one must not touch the caller's mapping
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "not started"
+        assert self._port, "not started"
         scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+        return f"{scheme}://127.0.0.1:{self._port}"
 
     def __enter__(self) -> StandInKibana:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopping.set()
+        self.stop()
+
+    def start(self) -> StandInKibana:
+        """Listen (again) on 127.0.0.1, on the port of the last start if there was one."""
+        assert self._server is None, "already running"
         kibana = self
 
         class Handler(_Handler):
             stand_in = kibana
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         server.daemon_threads = True
         server.block_on_close = False
         if self.tls is not None:
             server.socket = tls_context(*self.tls).wrap_socket(server.socket, server_side=True)
         self._server = server
+        self._port = server.server_address[1]
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    def stop(self) -> None:
+        """Close the port: connections are refused until `start()`; connectors are kept."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def revoke(self, key: str) -> None:
+        """Invalidate an API key, as `DELETE /_security/api_key` does: 401 from now on."""
+        assert isinstance(self.keys, dict)
+        del self.keys[key]
+
+    def keys_used(self) -> list[str]:
+        """The API key each recorded request carried, in order ("" without ApiKey)."""
+        used: list[str] = []
+        for request in self.requests:
+            scheme, _, key = request.headers.get("authorization", "").partition(" ")
+            used.append(key if scheme == "ApiKey" else "")
+        return used
 
     def connector(self, connector_id: str, space: str = "default") -> dict[str, Any] | None:
         return self.connectors.get((space, connector_id))
@@ -126,6 +159,8 @@ class StandInKibana:
         self.requests.append(Recorded(method, path, dict(headers), body))
         if self.stall_seconds:
             self._stopping.wait(self.stall_seconds)
+        if self.unavailable:
+            return _error(503, "Service Unavailable", "Kibana server is not ready yet")
         match = _PATH.match(path)
         if match is None:
             return _error(404, "Not Found", "Not Found")
