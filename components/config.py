@@ -55,6 +55,12 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _GCS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
 _ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
 _SPACE_ID = re.compile(r"^[a-z0-9_-]+$")
+# A GCE image by project and name or family (projects/P/global/images/[family/]NAME), the forms
+# components/host.py resolves and the provider's DiskImageDiffSuppress compares.
+HOST_IMAGE = re.compile(
+    r"(?:https://www\.googleapis\.com/compute/v1/)?projects/(?P<project>[a-z][-a-z0-9.:]*[a-z0-9])"
+    r"/global/images/(?P<family>family/)?(?P<name>[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)"
+)
 _JUMP_HOST = re.compile(r"^[a-z_][a-z0-9_-]{0,31}@[A-Za-z0-9.-]+(:\d{1,5})?$")
 # Flags the stack sets itself: overriding them in extraArgs would break the proxy or the key.
 _RESERVED_VLLM_FLAGS = ("--host", "--port", "--api-key", "--uds")
@@ -65,6 +71,16 @@ def _ssh_user(value: str) -> str:
         raise ValueError(f"{value!r} is not a Linux user name such as vllm")
     if value == "root":
         raise ValueError("root cannot log in over SSH on GCE images; use a user such as vllm")
+    return value
+
+
+def _host_image(value: str) -> str:
+    if not HOST_IMAGE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an image reference; give "
+            "projects/PROJECT/global/images/family/FAMILY (the family's newest image when the VM "
+            "is created) or projects/PROJECT/global/images/IMAGE"
+        )
     return value
 
 
@@ -98,7 +114,7 @@ class HostConfig(_Section):
     machine_type: str = "a2-ultragpu-2g"
     boot_disk_gb: int = Field(default=500, ge=50, le=65536)
     provisioning: Literal["standard", "spot"] = "standard"
-    image: str = catalogue.DEFAULT_HOST_IMAGE
+    image: Annotated[str, AfterValidator(_host_image)] = catalogue.DEFAULT_HOST_IMAGE
     ssh_user: Annotated[str, AfterValidator(_ssh_user)] = "vllm"
     skip_zone_check: bool = False
 
@@ -786,7 +802,10 @@ def validate(raw: Mapping[str, Any], stack: str) -> tuple[StackConfig, list[str]
             )
         )
     if elastic is None and secrets["kibanaApiKey"] is not None:
-        warnings.append(f"{PROJECT}:kibanaApiKey is unused: elastic.kibanaUrl is not set")
+        warnings.append(
+            f"{PROJECT}:kibanaApiKey is unused: elastic.kibanaUrl is not set (keep it until a "
+            "connector an earlier `pulumi up` made is deleted: deleting it needs the key)"
+        )
 
     if problems:
         hint = _missing_user_values_hint(missing_user_values) if missing_user_values else ""

@@ -17,7 +17,7 @@ import pulumi_gcp as gcp
 import pulumi_tls as tls
 
 from components import catalogue, host_paths, templates
-from components.config import HostConfig
+from components.config import HOST_IMAGE, HostConfig
 
 # The readiness check's image (`docker run --gpus all IMAGE nvidia-smi`): the container toolkit
 # injects the host's nvidia-smi into any image, as NVIDIA's own sample workload shows, so a plain
@@ -127,6 +127,14 @@ def _startup_script_input(machine: catalogue.MachineSpec, args: GpuHostArgs) -> 
     )
 
 
+def image_family(reference: str) -> tuple[str, str] | None:
+    """(project, family) where `host.image` names an image family, else None (a concrete image)."""
+    match = HOST_IMAGE.fullmatch(reference)
+    if match is None or not match["family"]:
+        return None
+    return match["project"], match["name"]
+
+
 def _nic_type(machine: catalogue.MachineSpec) -> str | None:
     """GVNIC on A3, which requires it: its general-purpose NICs are gVNIC ("Networking and GPU
     machines", compute/docs/gpus/gpu-network-bandwidth). Unset on A2/G2: a changed nic_type
@@ -157,6 +165,7 @@ def _scheduling(provisioning: str) -> gcp.compute.InstanceSchedulingArgs:
 class GpuHost(pulumi.ComponentResource):
     """Service account, SSH key and the GPU VM."""
 
+    boot_image: pulumi.Output[str]
     instance_name: pulumi.Output[str]
     instance_id: pulumi.Output[str]
     ssh_private_key: pulumi.Output[str]
@@ -210,9 +219,9 @@ class GpuHost(pulumi.ComponentResource):
         # VM, which the program cannot see (a2-ultragpu-2g -> g2-standard-8 would try to stop
         # the A2 Ultra), so a machine type change always replaces the VM. A provisioning change
         # alone keeps the machine type, so the new type is the current one and decides it.
-        replace_on = ["machineType"]
-        if machine.local_ssd_count:
-            replace_on.append("scheduling")
+        # A provisioning change (standard <-> spot) replaces the VM on every machine type: the
+        # provider marks scheduling.provisioning_model and .preemptible ForceNew
+        # (google-beta v7.45.0 services/compute/resource_compute_instance.go).
         instance = gcp.compute.Instance(
             f"{name}-host",
             zone=args.zone,
@@ -220,7 +229,7 @@ class GpuHost(pulumi.ComponentResource):
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=host.image,
+                    image=self._boot_image(name, host.image, opts),
                     size=host.boot_disk_gb,
                     type=BOOT_DISK_TYPE,
                 ),
@@ -259,19 +268,32 @@ class GpuHost(pulumi.ComponentResource):
                 "block-project-ssh-keys": "TRUE",
             },
             allow_stopping_for_update=True,
+            # A Spot VM that a preemption stopped is started again by the next `pulumi up`: the
+            # provider's Read sets desired_status to the VM's status when it is set, the refresh
+            # (Pulumi.yaml) sees TERMINATED, and Update starts it (resource_compute_instance.go,
+            # "desired_status" in resourceComputeInstanceRead and resourceComputeInstanceUpdate).
+            desired_status="RUNNING",
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # Its static IPs can belong to one VM at a time: a replacement goes first.
                 delete_before_replace=True,
-                replace_on_changes=replace_on,
-                # GCE lists bundled local SSDs as scratch disks the program never declares;
-                # without this every update would plan a replacement
-                # (terraform-provider-google#19648).
-                ignore_changes=["scratchDisks"],
+                replace_on_changes=["machineType"],
+                # Only fields the program never sets may be ignored: the engine resets an ignored
+                # path to its old input even when it replaces the resource (processIgnoreChanges
+                # in pulumi's step_generator.go), and the bridge drops the provider's diff for it
+                # (pulumi-terraform-bridge tfshim/sdk-v2 processIgnoreChanges).
+                # - scratchDisks: GCE lists bundled local SSDs as scratch disks
+                #   (terraform-provider-google#19648); ForceNew, so each up would replace.
+                # - keyRevocationActionType: Optional, ForceNew, not Computed, and Read stores
+                #   whatever the API reports; where GCE reports its default NONE for an unset
+                #   field, every up would replace (GoogleCloudPlatform/cloud-foundation-fabric
+                #   #3620 met that permadiff).
+                ignore_changes=["scratchDisks", "keyRevocationActionType"],
                 custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m", delete="20m"),
             ),
         )
 
+        self.boot_image = instance.boot_disk.initialize_params.image
         self.instance_name = instance.name
         self.instance_id = instance.instance_id
         # The static addresses the VM is given, not the VM's own outputs: they are the same
@@ -286,6 +308,7 @@ class GpuHost(pulumi.ComponentResource):
 
         self.register_outputs(
             {
+                "bootImage": self.boot_image,
                 "instanceName": self.instance_name,
                 "instanceId": self.instance_id,
                 "sshPrivateKey": self.ssh_private_key,
@@ -296,3 +319,39 @@ class GpuHost(pulumi.ComponentResource):
                 "endpointAddress": self.endpoint_address,
             }
         )
+
+    def _boot_image(
+        self, name: str, reference: str, opts: pulumi.ResourceOptions | None
+    ) -> pulumi.Input[str]:
+        """The concrete image the VM boots from: `host.image`, or its family's newest image when
+        the VM was created, pinned.
+
+        The boot image is ForceNew, and the provider's DiskImageDiffSuppress cannot match the
+        concrete name it reads back (ubuntu-accelerator-2404-amd64-with-nvidia-580-v...) to the
+        family ubuntu-accelerator-2404-amd64-with-nvidia-580 (diskImageFamilyEquals, google-beta
+        v7.45.0 services/compute/resource_compute_disk.go: the name holds "-amd64", the family
+        does not end with it), so a family in the Instance would replace the VM on every up. A
+        concrete image matches the state exactly. The family is resolved here and kept in a
+        Stash, which saves the first value it gets and only then changes when it is replaced
+        (pulumi's deploy/builtins.go: Update keeps "output"); replacement_trigger replaces it
+        when `host.image` changes. A newer image in the family then shows as an update of the
+        Stash's input alone, never as a change of the VM.
+        """
+        family = image_family(reference)
+        if family is None:
+            return reference
+        project, family_name = family
+        newest = gcp.compute.get_image_output(
+            family=family_name,
+            project=project,
+            # The Compute API is enabled by the stack (components/services.py): wait for it.
+            opts=pulumi.InvokeOutputOptions(
+                parent=self, depends_on=opts.depends_on if opts is not None else None
+            ),
+        )
+        pinned = pulumi.Stash(
+            f"{name}-host-image",
+            input=newest.self_link,
+            opts=pulumi.ResourceOptions(parent=self, replacement_trigger=reference),
+        )
+        return pinned.output

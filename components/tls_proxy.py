@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import pulumi
 import pulumi_tls as tls
 from pulumi_command import remote
 
+from components import certificate_renewal
 from components.config import AccessConfig, TlsConfig
 from components.host_paths import TLS_DIR, VLLM_LOOPBACK_PORT
 from components.remote_access import host_step
@@ -49,12 +49,11 @@ CLIENT_MAX_BODY_SIZE = "32m"  # >= 16 MB prompts
 FAILED_AUTH_RATE = "30r/m"  # sustained wrong-token attempts per client address
 FAILED_AUTH_BURST = 10  # wrong-token attempts answered 401 before 429 starts
 
-# Self-signed certificates. The server certificate stays within Mozilla's "intermediate"
-# maximum lifespan (366 days, guidelines 5.7) and is replaced by any `pulumi up` in its last
-# 30 days; the CA that Kibana trusts lives longer, so renewals need no change in Kibana.
+# Self-signed certificates. The server certificate renews by the calendar
+# (components/certificate_renewal.py); the CA that Kibana trusts lives ten years, so renewals
+# need no change in Kibana.
 CA_VALIDITY_HOURS = 10 * 365 * 24
-SERVER_VALIDITY_HOURS = 365 * 24
-SERVER_EARLY_RENEWAL_HOURS = 30 * 24
+SERVER_VALIDITY_HOURS = certificate_renewal.SERVER_VALIDITY_DAYS * 24
 
 MAX_API_KEY_LENGTH = 200  # what the site's map_hash_bucket_size holds
 # RFC 6750 b64token: the only characters the template can take literally inside a quoted string.
@@ -197,11 +196,6 @@ def _in_double_quotes(value: str) -> str:
     return re.sub(r'([\\"$`])', r"\\\1", value)
 
 
-def as_root(script: str) -> str:
-    """A command line that runs the script as root, leaving stdin to the script."""
-    return f"sudo -n bash -c {shlex.quote(script)}"
-
-
 @dataclass(frozen=True)
 class TlsProxyArgs:
     tls: TlsConfig
@@ -271,7 +265,8 @@ class TlsProxy(pulumi.ComponentResource):
         self.site = host_step(
             f"{name}-nginx-site",
             connection=args.connection,
-            script=as_root(configure_script()),
+            script=configure_script(),
+            as_root=True,
             instance_id=args.instance_id,
             parent=self,
             timeout_minutes=SITE_TIMEOUT_MINUTES,
@@ -303,14 +298,31 @@ class TlsProxy(pulumi.ComponentResource):
             allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
             opts=child,
         )
+        period = certificate_renewal.renewal_period(certificate_renewal.utc_today())
+        pulumi.log.info(
+            f"The self-signed server certificate renews at the first `pulumi up` on or after "
+            f"{period.renews_on} (UTC); run one before {period.renew_before}.",
+            self,
+        )
+        # A new key with each renewal. replacement_trigger acts from the second period a stack
+        # sees (the engine ignores a trigger whose old value is null: shouldTriggerReplace in
+        # pulumi's step_generator.go); the subject below renews the certificate from the first.
         server_key = tls.PrivateKey(
-            f"{name}-server-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child
+            f"{name}-server-key",
+            algorithm="ECDSA",
+            ecdsa_curve="P256",
+            opts=pulumi.ResourceOptions(parent=self, replacement_trigger=period.label),
         )
         request = tls.CertRequest(
             f"{name}-server-csr",
             private_key_pem=server_key.private_key_pem,
+            # The period in the subject: every subject attribute, and then the request PEM the
+            # certificate signs, is replace-on-change in the TLS provider (resource_cert_request.go,
+            # resource_locally_signed_cert.go), so a new period makes a new certificate.
             subject=tls.CertRequestSubjectArgs(
-                common_name=self.endpoint_host, organization="vllm-gcp"
+                common_name=self.endpoint_host,
+                organization="vllm-gcp",
+                organizational_unit=period.label,
             ),
             ip_addresses=[args.address],
             dns_names=[args.tls.domain] if args.tls.domain else None,
@@ -322,7 +334,6 @@ class TlsProxy(pulumi.ComponentResource):
             ca_private_key_pem=ca_key.private_key_pem,
             ca_cert_pem=ca.cert_pem,
             validity_period_hours=SERVER_VALIDITY_HOURS,
-            early_renewal_hours=SERVER_EARLY_RENEWAL_HOURS,
             allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
             opts=child,
         )
@@ -333,13 +344,12 @@ class TlsProxy(pulumi.ComponentResource):
         self, name: str, args: TlsProxyArgs, domain: str, email: str
     ) -> remote.Command:
         """certbot on the host: checks DNS, obtains the certificate, leaves renewal to its timer."""
-        command = args.address.apply(
-            lambda address: as_root(letsencrypt_script(domain, email, address))
-        )
+        script = args.address.apply(lambda address: letsencrypt_script(domain, email, address))
         return host_step(
             f"{name}-letsencrypt",
             connection=args.connection,
-            script=command,
+            script=script,
+            as_root=True,
             instance_id=args.instance_id,
             parent=self,
             timeout_minutes=LETSENCRYPT_TIMEOUT_MINUTES,

@@ -1,13 +1,17 @@
 """The vLLM server on the GPU host: four remote steps over SSH that configure the workload in place.
 
+0. first contact (only through a jump host): dial afresh until the host accepts the stack's key
+   (components/remote_access.py `first_contact`).
 1. host ready: wait for the startup script's readiness marker (fail fast with its log).
 2. secrets: the API key (and Hugging Face token) into a root-only env file, on stdin.
 3. run: pull the image, install the systemd unit that runs the container, restart it.
 4. serving: wait until `/v1/models` on loopback lists the served model.
 
 A model, flag or image change re-runs steps 3 and 4 only; a key change re-runs 2, 3 and 4. The
-VM is never touched. Everything rendered here is a pure function of the configuration, so a second
-plan of the same configuration is identical.
+VM is never touched. Each step runs under a host-side limit a minute under its timeout
+(remote_access.host_step), and each network or long operation in it under one of its own.
+Everything rendered here is a pure function of the configuration, so a second plan of the same
+configuration is identical.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_random as random
-from pulumi_command import remote
+from pulumi_command import local, remote
 
 from components import host_paths
 from components.config import ModelConfig
-from components.remote_access import host_step
+from components.remote_access import first_contact, host_step
 from components.templates import read, render
 
 SERVICE_NAME = "vllm.service"
@@ -52,6 +56,8 @@ HOST_READY_TIMEOUT_MINUTES = 30
 SECRETS_TIMEOUT_MINUTES = 5  # writes one file on a host already reachable
 RUN_TIMEOUT_MINUTES = 45  # a first pull of the ~12 GB image, or a copy of the weights from GCS
 SERVING_TIMEOUT_MINUTES = 65  # a first start downloads tens of GB of weights
+# A copy of the weights from Cloud Storage before a start, within the unit's TimeoutStartSec.
+WEIGHTS_COPY_SECONDS = 2100
 
 _SYSTEMD_BARE = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
 _REGISTRY_HOST = re.compile(r"^[a-z0-9.-]+$")
@@ -213,6 +219,21 @@ def systemd_command_line(argv: Sequence[str], own_line: Sequence[str] = ()) -> s
     return " \\\n    ".join(" ".join(line) for line in lines)
 
 
+def weights_copy_command(source: str, target: str) -> list[str]:
+    """The unit's copy of the weights from Cloud Storage, under its own time limit: a copy that
+    hangs ends with a journal line naming it (which the run step prints) instead of using up the
+    unit's whole start timeout silently."""
+    # gcloud comes as a snap on Google's Ubuntu images, outside systemd's default PATH.
+    script = (
+        f"timeout --kill-after=30 {WEIGHTS_COPY_SECONDS} "
+        'env PATH=/snap/bin:/usr/local/bin:/usr/bin:/bin gcloud storage rsync --recursive "$1" "$2"'
+        ' || { status=$?; if [ "$status" -eq 124 ]; then'
+        f' echo "vllm-gcp: timed out after {WEIGHTS_COPY_SECONDS} s: copying the weights from $1'
+        ' to $2" >&2; fi; exit "$status"; }'
+    )
+    return ["/bin/sh", "-c", script, "weights-copy", source, target]
+
+
 def render_unit(spec: ContainerSpec, image: str, registry_host: str | None = None) -> str:
     login = ""
     if registry_host is not None:
@@ -224,20 +245,10 @@ def render_unit(spec: ContainerSpec, image: str, registry_host: str | None = Non
     pre_start = ""
     if spec.gcs_copy is not None:
         source, target = spec.gcs_copy
-        # gcloud comes as a snap on Google's Ubuntu images, outside systemd's default PATH.
-        copy = [
-            "/usr/bin/env",
-            "PATH=/snap/bin:/usr/local/bin:/usr/bin:/bin",
-            "gcloud",
-            "storage",
-            "rsync",
-            "--recursive",
-            source,
-            target,
-        ]
+        copy = " ".join(systemd_quote(a) for a in weights_copy_command(source, target))
         pre_start = (
             f"ExecStartPre=/usr/bin/install -d -m 0755 {systemd_quote(target)}\n"
-            f"ExecStartPre={' '.join(systemd_quote(a) for a in copy)}\n"
+            f"ExecStartPre={copy}\n"
         )
     offline = (
         ""
@@ -263,6 +274,73 @@ def render_unit(spec: ContainerSpec, image: str, registry_host: str | None = Non
 def render_script(name: str, values: dict[str, str]) -> str:
     """A script of scripts/ whose placeholders all sit inside single quotes: escape the quote."""
     return render(name, {key: value.replace("'", "'\\''") for key, value in values.items()})
+
+
+def wait_host_ready_script(timeout_seconds: int = (HOST_READY_TIMEOUT_MINUTES - 2) * 60) -> str:
+    """Step 1's script. Its own wait ends a little before the step's limit, so it reports the
+    startup log before the limit cuts it off."""
+    return render_script(
+        "wait_host_ready.sh",
+        {
+            "READY_MARKER": host_paths.READY_MARKER,
+            "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
+            "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
+            "STARTUP_LOG": host_paths.STARTUP_LOG,
+            "TIMEOUT_SECONDS": str(timeout_seconds),
+        },
+    )
+
+
+def secrets_script() -> str:
+    """Step 2's script."""
+    return render_script(
+        "write_secrets.sh",
+        {"CONFIG_DIR": host_paths.CONFIG_DIR, "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE},
+    )
+
+
+def install_script(
+    image: str,
+    registry_host: str | None = None,
+    cache_dirs: Sequence[str] = (HF_CACHE_DIR, VLLM_CACHE_DIR, OFFLINE_MARKER_DIR),
+    login_script: str | None = None,
+) -> str:
+    """Step 3's script: pull `image`, logging in to `registry_host` first where given (with
+    scripts/registry_login.sh unless `login_script`), install the unit, restart it."""
+    if login_script is None:
+        login_script = "" if registry_host is None else read("registry_login.sh")
+    return render_script(
+        "install_vllm.sh",
+        {
+            "IMAGE": image,
+            "SERVICE_NAME": SERVICE_NAME,
+            "CACHE_DIRS": " ".join(cache_dirs),
+            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
+            "REGISTRY_HOST": registry_host or "",
+            "REGISTRY_LOGIN_PATH": REGISTRY_LOGIN_PATH,
+            "REGISTRY_LOGIN_SCRIPT": login_script,
+        },
+    )
+
+
+def serving_script(
+    served_model_name: str,
+    offline_marker: str | None,
+    timeout_seconds: int = (SERVING_TIMEOUT_MINUTES - 5) * 60,
+) -> str:
+    """Step 4's script. Its own wait ends a few minutes before the step's limit, so it reports
+    the container's journal before the limit cuts it off."""
+    return render_script(
+        "wait_serving.sh",
+        {
+            "SERVICE_NAME": SERVICE_NAME,
+            "MODELS_URL": f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/v1/models",
+            "SERVED_MODEL_NAME": served_model_name,
+            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
+            "OFFLINE_MARKER": offline_marker or "",
+            "TIMEOUT_SECONDS": str(timeout_seconds),
+        },
+    )
 
 
 def secrets_env(api_key: str, hugging_face_token: str | None) -> str:
@@ -292,6 +370,7 @@ class VllmServerArgs:
 
 class VllmServer(pulumi.ComponentResource):
     api_key: pulumi.Output[str]
+    first_contact: local.Command | None  # only through a jump host
     host_ready: remote.Command
     secrets: remote.Command
     run: remote.Command
@@ -308,24 +387,21 @@ class VllmServer(pulumi.ComponentResource):
         password = random.RandomPassword(f"{name}-api-key", length=48, special=False, opts=child)
         self.api_key = pulumi.Output.secret(password.result)
 
-        wait_script = render_script(
-            "wait_host_ready.sh",
-            {
-                "READY_MARKER": host_paths.READY_MARKER,
-                "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
-                "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
-                "STARTUP_LOG": host_paths.STARTUP_LOG,
-                # A little under the step's timeout, so the script reports before the engine.
-                "TIMEOUT_SECONDS": str((HOST_READY_TIMEOUT_MINUTES - 2) * 60),
-            },
+        # Through a jump host, the first SSH is made by the system's client, afresh each attempt.
+        self.first_contact = first_contact(
+            f"{name}-first-contact",
+            connection=args.connection,
+            instance_id=args.instance_id,
+            parent=self,
         )
         self.host_ready = host_step(
             f"{name}-host-ready",
             connection=args.connection,
-            script=wait_script,
+            script=wait_host_ready_script(),
             instance_id=args.instance_id,
             parent=self,
             timeout_minutes=HOST_READY_TIMEOUT_MINUTES,
+            depends_on=[self.first_contact] if self.first_contact is not None else (),
         )
 
         token = args.hugging_face_token
@@ -337,17 +413,10 @@ class VllmServer(pulumi.ComponentResource):
         env_content = pulumi.Output.secret(env_content)
         env_digest = pulumi.Output.secret(env_content.apply(_sha256))
 
-        secrets_script = render_script(
-            "write_secrets.sh",
-            {
-                "CONFIG_DIR": host_paths.CONFIG_DIR,
-                "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
-            },
-        )
         self.secrets = host_step(
             f"{name}-secrets",
             connection=args.connection,
-            script=secrets_script,
+            script=secrets_script(),
             instance_id=args.instance_id,
             parent=self,
             timeout_minutes=SECRETS_TIMEOUT_MINUTES,
@@ -362,22 +431,7 @@ class VllmServer(pulumi.ComponentResource):
         unit = pulumi.Output.all(spec, image).apply(
             lambda v: render_unit(v[0], v[1], registry_host)
         )
-        run_script = image.apply(
-            lambda ref: render_script(
-                "install_vllm.sh",
-                {
-                    "IMAGE": ref,
-                    "SERVICE_NAME": SERVICE_NAME,
-                    "CACHE_DIRS": " ".join((HF_CACHE_DIR, VLLM_CACHE_DIR, OFFLINE_MARKER_DIR)),
-                    "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
-                    "REGISTRY_HOST": registry_host or "",
-                    "REGISTRY_LOGIN_PATH": REGISTRY_LOGIN_PATH,
-                    "REGISTRY_LOGIN_SCRIPT": ""
-                    if registry_host is None
-                    else read("registry_login.sh"),
-                },
-            )
-        )
+        run_script = image.apply(lambda ref: install_script(ref, registry_host))
         self.run = host_step(
             f"{name}-run",
             connection=args.connection,
@@ -391,25 +445,15 @@ class VllmServer(pulumi.ComponentResource):
             depends_on=[self.secrets],
         )
 
-        serving_script = spec.apply(
-            lambda s: render_script(
-                "wait_serving.sh",
-                {
-                    "SERVICE_NAME": SERVICE_NAME,
-                    "MODELS_URL": f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/v1/models",
-                    "SERVED_MODEL_NAME": model.served_model_name,
-                    "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
-                    "OFFLINE_MARKER": s.offline_marker or "",
-                    "TIMEOUT_SECONDS": str((SERVING_TIMEOUT_MINUTES - 5) * 60),
-                },
-            )
+        wait_serving = spec.apply(
+            lambda s: serving_script(model.served_model_name, s.offline_marker)
         )
         # Re-run whenever step 3 does: its script, its unit, the secrets, the VM.
         run_digest = pulumi.Output.all(run_script, unit).apply(lambda v: _sha256(v[0] + v[1]))
         self.serving = host_step(
             f"{name}-serving",
             connection=args.connection,
-            script=serving_script,
+            script=wait_serving,
             instance_id=args.instance_id,
             parent=self,
             timeout_minutes=SERVING_TIMEOUT_MINUTES,

@@ -5,9 +5,12 @@
 #
 # stdin: one line per file, "<name> <base64 of the content>"; names: site (required),
 # certificate, private_key. Nothing read from stdin is echoed: the site holds the API token.
-# Runs as root (rendered by components/tls_proxy.py, run through sudo).
+# Runs as root (rendered by components/tls_proxy.py, run through sudo), under the step's time
+# limit (components/remote_access.py); the reload of Nginx has its own.
 set -euo pipefail
 umask 077
+
+# vllm-gcp:include host_lib.sh
 
 readonly SITE_PATH="{{ SITE_PATH }}"
 readonly SITE_ENABLED_PATH="{{ SITE_ENABLED_PATH }}"
@@ -15,15 +18,14 @@ readonly DEFAULT_SITE_ENABLED_PATH="{{ DEFAULT_SITE_ENABLED_PATH }}"
 readonly CERTIFICATE_PATH="{{ CERTIFICATE_PATH }}"
 readonly CERTIFICATE_KEY_PATH="{{ CERTIFICATE_KEY_PATH }}"
 readonly ACME_WEBROOT="{{ ACME_WEBROOT }}"
+readonly RELOAD_SECONDS=120
 
 STAGING_DIR="$(mktemp -d)"
 BACKUP_DIR="$(mktemp -d)"
 readonly STAGING_DIR BACKUP_DIR
 trap 'rm -rf -- "$STAGING_DIR" "$BACKUP_DIR"' EXIT
-
-log() {
-  echo "configure-proxy: $*" >&2
-}
+# True between installing the new files and nginx -t accepting them.
+unchecked=false
 
 destination_of() {
   case "$1" in
@@ -36,23 +38,21 @@ destination_of() {
 
 read_files_from_stdin() {
   local name payload
+  doing "reading the site and its certificate from stdin"
   while read -r name payload || [[ -n "${name:-}" ]]; do
     if [[ -z "$name" ]]; then
       continue
     fi
     if ! destination_of "$name" >/dev/null; then
-      log "unknown file '$name' on stdin (expected site, certificate, private_key)"
-      exit 1
+      fail "unknown file '$name' on stdin (expected site, certificate, private_key)"
     fi
     if ! printf '%s' "$payload" | base64 --decode >"$STAGING_DIR/$name"; then
-      log "the $name on stdin is not valid base64"
-      exit 1
+      fail "the $name on stdin is not valid base64"
     fi
     name=""
   done
   if [[ ! -s "$STAGING_DIR/site" ]]; then
-    log "no site on stdin"
-    exit 1
+    fail "no site on stdin"
   fi
 }
 
@@ -90,6 +90,8 @@ restore_managed_paths() {
 
 install_staged_files() {
   local staged destination
+  doing "installing the site"
+  unchecked=true
   for staged in "$STAGING_DIR"/*; do
     destination="$(destination_of "$(basename "$staged")")"
     mkdir -p -- "$(dirname "$destination")"
@@ -103,9 +105,17 @@ install_staged_files() {
   (umask 022 && mkdir -p -- "$ACME_WEBROOT")
 }
 
+# Called by the library's trap when the step's limit stops it: files not yet checked go back.
+on_stop() {
+  if $unchecked; then
+    restore_managed_paths
+  fi
+}
+
 check_or_roll_back() {
   local output
   if output="$(nginx -t 2>&1)"; then
+    unchecked=false
     log "nginx -t: configuration is valid"
     return 0
   fi
@@ -117,11 +127,12 @@ check_or_roll_back() {
 
 reload_nginx() {
   systemctl enable --quiet nginx
-  systemctl reload-or-restart nginx
+  bounded "$RELOAD_SECONDS" "reloading nginx" systemctl reload-or-restart nginx
   log "nginx reloaded with the vllm-gcp site"
 }
 
 main() {
+  step_begin "configure proxy" stderr
   read_files_from_stdin
   backup_managed_paths
   install_staged_files

@@ -4,8 +4,12 @@
 # the model settings, the image or the secrets; each run restarts the container once.
 # Journal lines holding the key or the token are left out of everything printed here.
 #
-# Runs as the SSH user, acting through sudo. For tests, VLLM_GCP_ROOT prefixes every host path.
+# Runs as the SSH user, acting through sudo, under the step's time limit
+# (components/remote_access.py); the login, the pull and the restart have limits of their own.
+# For tests, VLLM_GCP_ROOT prefixes every host path.
 set -euo pipefail
+
+# vllm-gcp:include host_lib.sh
 
 readonly ROOT="${VLLM_GCP_ROOT:-}"
 readonly IMAGE='{{ IMAGE }}'
@@ -20,25 +24,29 @@ readonly REGISTRY_HOST='{{ REGISTRY_HOST }}'
 readonly REGISTRY_LOGIN="${ROOT}"'{{ REGISTRY_LOGIN_PATH }}'
 readonly REGISTRY_LOGIN_SCRIPT='{{ REGISTRY_LOGIN_SCRIPT }}'
 readonly LOG_LINES=50
+# The login's token request and docker login are bounded inside it too.
+readonly REGISTRY_LOGIN_SECONDS=300
+# A first pull of a ~12 GB vLLM image.
+readonly PULL_SECONDS=1800
+# The unit's TimeoutStartSec (40 min: the start gate, a pull, a copy of the weights) and a minute:
+# systemd gives up first, with its reason in the journal printed below.
+readonly RESTART_SECONDS=2460
 
 STAGED_UNIT="$(mktemp)"
 readonly STAGED_UNIT
 trap 'rm -f -- "$STAGED_UNIT"' EXIT
 
-log() {
-  printf '[run vllm] %s\n' "$*"
-}
-
 read_unit() {
+  doing "reading the systemd unit from stdin"
   cat >"$STAGED_UNIT"
   if ! grep -q '^ExecStart=' "$STAGED_UNIT"; then
-    log "stdin held no systemd unit with an ExecStart line" >&2
-    exit 1
+    fail "stdin held no systemd unit with an ExecStart line"
   fi
 }
 
 prepare_cache() {
   local dir
+  doing "preparing the caches"
   # Root only: vLLM releases before PR #52523 wrote VLLM_API_KEY into the compile cache's
   # cache_key_factors.json. install -d also tightens a directory that exists already.
   for dir in "${CACHE_DIRS[@]}"; do
@@ -55,17 +63,19 @@ log_in_to_registry() {
   printf '%s' "$REGISTRY_LOGIN_SCRIPT" | sudo -n tee "${REGISTRY_LOGIN}.new" >/dev/null
   sudo -n chmod 0755 "${REGISTRY_LOGIN}.new"
   sudo -n mv -f "${REGISTRY_LOGIN}.new" "$REGISTRY_LOGIN"
-  sudo -n "$REGISTRY_LOGIN" "$REGISTRY_HOST"
+  bounded --root "$REGISTRY_LOGIN_SECONDS" "logging Docker in to ${REGISTRY_HOST}" \
+    "$REGISTRY_LOGIN" "$REGISTRY_HOST"
 }
 
 pull_image() {
   # Pulled here, not only by the unit, so a wrong reference fails this step with Docker's
   # message instead of a restart loop.
   log "pulling ${IMAGE} (a first pull of a vLLM image takes minutes)"
-  sudo -n docker pull "$IMAGE"
+  bounded --root "$PULL_SECONDS" "pulling ${IMAGE}" docker pull "$IMAGE"
 }
 
 install_unit() {
+  doing "installing ${UNIT_FILE}"
   sudo -n install -m 0644 "$STAGED_UNIT" "${UNIT_FILE}.new"
   sudo -n mv -f "${UNIT_FILE}.new" "$UNIT_FILE"
   sudo -n systemctl daemon-reload
@@ -85,7 +95,9 @@ without_secrets() {
 
 restart_service() {
   log "restarting ${SERVICE_NAME}"
-  if ! sudo -n systemctl restart "$SERVICE_NAME"; then
+  if ! bounded --root "$RESTART_SECONDS" \
+    "restarting ${SERVICE_NAME} (its start gate, a pull of a missing image, a copy of the weights)" \
+    systemctl restart "$SERVICE_NAME"; then
     {
       log "${SERVICE_NAME} did not start; last ${LOG_LINES} lines of its journal (lines holding a secret left out):"
       sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat |
@@ -96,6 +108,7 @@ restart_service() {
   log "${SERVICE_NAME} started; the next step waits until it serves"
 }
 
+step_begin "run vllm"
 read_unit
 prepare_cache
 log_in_to_registry

@@ -4,8 +4,11 @@
 # resolve to the endpoint's address. Renewal: certbot's systemd timer, reloading Nginx after each
 # new certificate. The certificate's lineage is named after the domain, so every renewal updates
 # /etc/letsencrypt/live/<domain>/, where Nginx reads it. Runs as root (rendered by
-# components/tls_proxy.py, run through sudo).
+# components/tls_proxy.py, run through sudo), under the step's time limit
+# (components/remote_access.py); each network operation has its own.
 set -euo pipefail
+
+# vllm-gcp:include host_lib.sh
 
 readonly DOMAIN="{{ DOMAIN }}"
 readonly EMAIL="{{ EMAIL }}"
@@ -17,25 +20,28 @@ readonly BOOTSTRAP_SITE_PATH="{{ BOOTSTRAP_SITE_PATH }}"
 # retried for about ten minutes.
 readonly APT_ATTEMPTS=20
 readonly APT_RETRY_SECONDS=30
-
-log() {
-  echo "letsencrypt: $*" >&2
-}
+# Each apt-get run: the lock timeout (600 s) and the downloads. An interrupted install leaves dpkg
+# to be finished (dpkg --configure -a), so the limit is generous; the step's own ends the retries.
+readonly APT_SECONDS=900
+readonly RESOLVE_SECONDS=30
+readonly CERTBOT_SECONDS=600
+readonly RELOAD_SECONDS=120
 
 check_domain_resolves_to_address() {
-  local resolved
-  resolved="$(getent ahostsv4 "$DOMAIN" | awk '{ print $1 }' | sort -u | tr '\n' ' ' || true)"
+  local answer="" resolved
+  bounded_capture answer "$RESOLVE_SECONDS" "resolving ${DOMAIN}" getent ahostsv4 "$DOMAIN" || true
+  resolved="$(awk '{ print $1 }' <<<"$answer" | sort -u | tr '\n' ' ')"
   if [[ " $resolved " != *" $ADDRESS "* ]]; then
     log "tls.domain $DOMAIN resolves to '${resolved% }', not to this endpoint's address $ADDRESS."
-    log "Point an A record for $DOMAIN at $ADDRESS, wait for it to propagate, run pulumi up again."
-    exit 1
+    fail "Point an A record for $DOMAIN at $ADDRESS, wait for it to propagate, run pulumi up again."
   fi
   log "$DOMAIN resolves to $ADDRESS"
 }
 
 apt_install_certbot() {
-  apt-get -o DPkg::Lock::Timeout=600 update -q &&
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q certbot
+  bounded "$APT_SECONDS" "apt-get update" apt-get -o DPkg::Lock::Timeout=600 update -q &&
+    bounded "$APT_SECONDS" "installing certbot with apt-get" \
+      env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q certbot
 }
 
 install_certbot() {
@@ -54,18 +60,18 @@ install_certbot() {
       sleep "$APT_RETRY_SECONDS"
     fi
   done
-  log "could not install certbot with apt after ${APT_ATTEMPTS} attempts"
-  exit 1
+  fail "could not install certbot with apt after ${APT_ATTEMPTS} attempts"
 }
 
 reload_nginx() {
   nginx -t
-  systemctl reload-or-restart nginx
+  bounded "$RELOAD_SECONDS" "reloading nginx" systemctl reload-or-restart nginx
 }
 
 # Until the vllm-gcp site exists (it needs this certificate), a minimal port-80 site for the
 # domain serves the challenges; the vllm-gcp site serves them itself for renewals.
 serve_challenges() {
+  doing "serving the ACME challenges for ${DOMAIN} on port 80"
   (umask 022 && mkdir -p -- "$ACME_WEBROOT")
   cat >"$BOOTSTRAP_SITE_PATH" <<EOF
 server {
@@ -90,7 +96,8 @@ stop_serving_challenges() {
 
 obtain_certificate() {
   log "requesting a certificate for $DOMAIN (kept if current)"
-  certbot certonly --non-interactive --agree-tos --email "$EMAIL" \
+  bounded "$CERTBOT_SECONDS" "obtaining a certificate for ${DOMAIN} from Let's Encrypt (HTTP-01)" \
+    certbot certonly --non-interactive --agree-tos --email "$EMAIL" \
     --cert-name "$DOMAIN" --webroot --webroot-path "$ACME_WEBROOT" --domain "$DOMAIN" \
     --keep-until-expiring --deploy-hook "systemctl reload nginx"
 }
@@ -101,6 +108,7 @@ enable_renewal() {
 }
 
 main() {
+  step_begin "letsencrypt" stderr
   check_domain_resolves_to_address
   install_certbot
   serve_challenges

@@ -18,7 +18,9 @@ from typing import Any
 from unittest import mock
 
 import pulumi
+from google.protobuf import json_format
 from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 
 ROOT = Path(__file__).resolve().parents[1]
 MOCK_PUBLIC_IP = "203.0.113.10"
@@ -67,19 +69,37 @@ def plain_strings(value: Any) -> Iterator[str]:
             yield from plain_strings(v)
 
 
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """The resource options a registration request carried. The engine acts on these (diff,
+    replacement, timeouts); the mocks' `new_resource` never sees them, so tests assert them here.
+    """
+
+    ignore_changes: tuple[str, ...] = ()
+    replace_on_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
+    replacement_trigger: Any = None  # the plain value; None when the option is unset
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    additional_secret_outputs: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = ()  # URNs the resource depends on
+
+
 @dataclass
 class Registered:
     type: str
     name: str
     inputs: dict[str, Any]  # camelCase, secrets still wrapped
     outputs: dict[str, Any]
+    options: RegistrationOptions = field(default_factory=RegistrationOptions)
 
     @property
     def plain(self) -> dict[str, Any]:
         return unwrap(self.inputs)
 
 
-def _fake_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+def _fake_outputs(
+    typ: str, name: str, inputs: dict[str, Any], stashed: Mapping[str, Any]
+) -> dict[str, Any]:
     """What the provider adds to a resource's inputs, for the outputs the program reads."""
     fakes: dict[str, Any] = {}
     if typ == "gcp:compute/address:Address":
@@ -124,31 +144,116 @@ def _fake_outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]
         )
     elif typ == "gcp:artifactregistry/repository:Repository":
         fakes["name"] = inputs.get("repositoryId", name)
+    elif typ == "pulumi:index:Stash":
+        # The engine's builtin: a create saves its input as its output, which later updates
+        # keep (`stashed` stands for a value saved by an earlier `pulumi up`).
+        fakes["output"] = stashed.get(name, inputs.get("input"))
     elif typ.startswith("command:"):
         fakes["stdout"] = ""
         fakes["stderr"] = ""
     return fakes
 
 
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Records every registration; refuses a duplicate type and name, as the engine would."""
+def _options(request: Any) -> RegistrationOptions:
+    trigger = None
+    if request.HasField("replacement_trigger"):
+        trigger = unwrap(json_format.MessageToDict(request.replacement_trigger))
+    timeouts = {
+        kind: getattr(request.customTimeouts, kind)
+        for kind in ("create", "update", "delete")
+        if getattr(request.customTimeouts, kind)
+    }
+    return RegistrationOptions(
+        ignore_changes=tuple(request.ignoreChanges),
+        replace_on_changes=tuple(request.replaceOnChanges),
+        delete_before_replace=bool(request.deleteBeforeReplace),
+        replacement_trigger=trigger,
+        custom_timeouts=timeouts,
+        additional_secret_outputs=tuple(request.additionalSecretOutputs),
+        dependencies=tuple(sorted(request.dependencies)),
+    )
 
-    def __init__(self) -> None:
+
+class _RecordingMonitor(MockMonitor):
+    """The SDK's mock monitor, noting each registration request's options for RecordingMocks."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recording = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        self.recording.pending_options[(request.type, request.name)] = _options(request)
+        return super().RegisterResource(request)
+
+
+# Invokes the program makes, answered as the provider would for the values the program reads.
+GET_IMAGE = "gcp:compute/getImage:getImage"
+MOCK_IMAGE_VERSION = "v20261115"
+
+
+def _fake_call(token: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    if token == GET_IMAGE:
+        # The newest image of the family, as images.getFromFamily answers.
+        project, family = args["project"], args["family"]
+        name = f"{family}-{MOCK_IMAGE_VERSION}"
+        return {
+            "family": family,
+            "name": name,
+            "project": project,
+            "selfLink": f"https://www.googleapis.com/compute/v1/projects/{project}/global/images/{name}",
+        }
+    raise ValueError(f"the offline engine has no answer for invoke {token}")
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Records every registration and its options; refuses a duplicate type and name, as the
+    engine would. Install with `install_mocks`, which records the options."""
+
+    def __init__(self, stashed: Mapping[str, Any] | None = None) -> None:
         self.resources: list[Registered] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.pending_options: dict[tuple[str, str], RegistrationOptions] = {}
+        self.stashed = dict(stashed or {})  # Stash name -> the output an earlier up saved
 
     def new_resource(
         self, args: pulumi.runtime.MockResourceArgs
     ) -> tuple[str | None, dict[str, Any]]:
         if any(r.type == args.typ and r.name == args.name for r in self.resources):
             raise ValueError(f"duplicate resource {args.typ} {args.name}")
-        outputs = {**args.inputs, **_fake_outputs(args.typ, args.name, args.inputs)}
-        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), outputs))
+        outputs = {
+            **args.inputs,
+            **_fake_outputs(args.typ, args.name, args.inputs, self.stashed),
+        }
+        options = self.pending_options.pop((args.typ, args.name), RegistrationOptions())
+        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), outputs, options))
         return f"{args.name}-id", outputs
 
     def call(
         self, args: pulumi.runtime.MockCallArgs
     ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
+        self.calls.append((args.token, dict(args.args)))
+        return _fake_call(args.token, args.args), []
+
+
+def install_mocks(
+    mocks: RecordingMocks,
+    *,
+    stack: str,
+    preview: bool = False,
+    logger: logging.Logger | None = None,
+    organization: str | None = None,
+) -> None:
+    """Point the Pulumi runtime at these mocks, with a monitor that records resource options."""
+    ensure_event_loop()
+    pulumi.runtime.set_mocks(
+        mocks,
+        project="vllm-gcp",
+        stack=stack,
+        preview=preview,
+        logger=logger,
+        monitor=_RecordingMonitor(mocks),
+        organization=organization,
+    )
 
 
 def ensure_event_loop() -> None:
@@ -182,6 +287,7 @@ class Plan:
     """What one run of the program registered and exported."""
 
     resources: list[Registered]
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # invokes made
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
@@ -219,16 +325,13 @@ def run_program(
     """Run __main__.py with this configuration; secrets are set as secret config values."""
     mocks = mocks or RecordingMocks()
     collector = WarningCollector(f"vllm-gcp-test-{id(mocks)}")
-    ensure_event_loop()
-    pulumi.runtime.set_mocks(
-        mocks, project="vllm-gcp", stack=stack, preview=preview, logger=collector.logger
-    )
+    install_mocks(mocks, stack=stack, preview=preview, logger=collector.logger)
     values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     secret_keys = [f"vllm-gcp:{k}" for k in (secrets or {})]
     values.update({f"vllm-gcp:{k}": v for k, v in (secrets or {}).items()})
     pulumi.runtime.set_all_config(values, secret_keys)
     exported: dict[str, Any] = {}
-    plan = Plan(resources=mocks.resources)
+    plan = Plan(resources=mocks.resources, calls=mocks.calls)
 
     @pulumi.runtime.test
     def program() -> pulumi.Output[None]:

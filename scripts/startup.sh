@@ -29,8 +29,16 @@
 # in there before pulling the check image. Both authenticate with the VM's access token from
 # the metadata server, which is never logged nor put on a command line.
 #
+# Every network or long operation has a time limit of its own (the shared library's `bounded`,
+# or curl's --max-time), so no boot hangs on one: a limit that hits is logged with what it cut off,
+# and the operation is retried or the boot fails with its reason.
+#
 # Tests run it with stand-ins for the system commands and VLLM_GCP_ROOT prefixed to every path.
 set -Eeuo pipefail
+
+# The shared host library (log, fail and bounded): log and fail are redefined below, so that this
+# script's lines also reach its log file and the journal, and a failure writes its marker.
+# vllm-gcp:include host_lib.sh
 
 ROOT="${VLLM_GCP_ROOT:-}"
 readonly ROOT
@@ -76,6 +84,14 @@ readonly FABRIC_WAIT_ATTEMPTS=30
 readonly FABRIC_WAIT_SECONDS=10
 readonly LOG_TAG="vllm-gcp-startup"
 readonly DOCKER_TIMEOUT_SECONDS=900
+# Limits of the other operations that use the network or may hang. apt waits up to 600 s for its
+# lock (DPkg::Lock::Timeout) before it downloads anything.
+readonly APT_UPDATE_SECONDS=900
+readonly APT_INSTALL_SECONDS=1800
+readonly DRIVER_INSTALL_SECONDS=1800
+readonly KEY_DOWNLOAD_SECONDS=360
+readonly DOCKER_LOGIN_SECONDS=120
+readonly SERVICE_SECONDS=300
 # Downloads are retried for about ten minutes: mirror grants made alongside the VM take minutes
 # to propagate, and a first boot's network can be briefly flaky.
 readonly DOWNLOAD_ATTEMPTS=20
@@ -95,6 +111,15 @@ log() {
 run() {
   log "run: $*"
   "$@" >>"$STARTUP_LOG" 2>&1
+}
+
+# run_bounded SECONDS WHAT COMMAND...: `run` with a time limit; a limit that hits is logged, naming
+# WHAT, and the command fails (124).
+run_bounded() {
+  local seconds=$1 what=$2
+  shift 2
+  log "run: $*"
+  bounded --output "$STARTUP_LOG" "$seconds" "$what" "$@"
 }
 
 # The first failure of a boot names it: a `fail` inside a command substitution exits only that
@@ -144,7 +169,7 @@ begin_boot() {
 # Prints the VM service account's access token, for a pipe or a variable only.
 metadata_token() {
   local response token
-  response="$(curl -fsS --retry 5 --max-time 10 -H "Metadata-Flavor: Google" \
+  response="$(curl -fsS --retry 5 --connect-timeout 5 --max-time 10 -H "Metadata-Flavor: Google" \
     "$METADATA_TOKEN_URL")" || return 1
   token="$(sed -n 's/.*"access_token"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$response")"
   [[ -n "$token" ]] || return 1
@@ -227,12 +252,13 @@ apt_update_attempt() {
   if [[ "$APT_SOURCES_MODE" == mirror ]]; then
     refresh_apt_mirror_token || return 1
   fi
-  run apt-get -q -o DPkg::Lock::Timeout=600 update
+  run_bounded "$APT_UPDATE_SECONDS" "apt-get update" apt-get -q -o DPkg::Lock::Timeout=600 update
 }
 
 apt_attempt() {
   apt_update_attempt &&
-    run apt-get -y -q -o DPkg::Lock::Timeout=600 install --no-install-recommends "$@"
+    run_bounded "$APT_INSTALL_SECONDS" "apt-get install $*" \
+      apt-get -y -q -o DPkg::Lock::Timeout=600 install --no-install-recommends "$@"
 }
 
 apt_install() {
@@ -264,7 +290,8 @@ ensure_nvidia_driver() {
   # Canonical's precompiled, signed kernel modules: they load under Secure Boot
   # (ubuntu.com/server/docs/nvidia-drivers-installation); nvidia-smi comes with the utils.
   # ubuntu-drivers runs apt itself, without a lock timeout: retried like apt.
-  with_retries run ubuntu-drivers install --gpgpu "nvidia:${DRIVER_BRANCH}-server" ||
+  with_retries run_bounded "$DRIVER_INSTALL_SECONDS" "installing the NVIDIA driver (ubuntu-drivers)" \
+    ubuntu-drivers install --gpgpu "nvidia:${DRIVER_BRANCH}-server" ||
     fail "ubuntu-drivers could not install the ${DRIVER_BRANCH}-server driver"
   apt_install "nvidia-utils-${DRIVER_BRANCH}-server"
   if run modprobe nvidia && nvidia_smi_works; then
@@ -281,8 +308,10 @@ ensure_nvidia_driver() {
 
 add_nvidia_toolkit_repository() {
   mkdir -p "$APT_KEYRINGS" "$APT_SOURCES"
-  curl -fsSL --retry 5 "${NVIDIA_TOOLKIT_REPO}/gpgkey" |
-    gpg --batch --yes --dearmor -o "${ROOT}${NVIDIA_TOOLKIT_KEYRING}"
+  bounded "$KEY_DOWNLOAD_SECONDS" "downloading the NVIDIA container toolkit's apt key" \
+    curl -fsSL --retry 5 --connect-timeout 20 --max-time 60 "${NVIDIA_TOOLKIT_REPO}/gpgkey" |
+    gpg --batch --yes --dearmor -o "${ROOT}${NVIDIA_TOOLKIT_KEYRING}" ||
+    fail "could not download the NVIDIA container toolkit's apt key from ${NVIDIA_TOOLKIT_REPO}"
   # $(ARCH) is apt's own substitution, not the shell's.
   # shellcheck disable=SC2016
   printf 'deb [signed-by=%s] %s/stable/deb/$(ARCH) /\n' \
@@ -332,7 +361,8 @@ ensure_fabric_manager() {
     apt_install "${FABRIC_MANAGER_PACKAGE}=${version}"
   fi
   if ! systemctl is-active --quiet "$FABRIC_MANAGER_SERVICE"; then
-    run systemctl enable --now "$FABRIC_MANAGER_SERVICE"
+    run_bounded "$SERVICE_SECONDS" "starting ${FABRIC_MANAGER_SERVICE}" \
+      systemctl enable --now "$FABRIC_MANAGER_SERVICE"
   fi
 }
 
@@ -341,9 +371,9 @@ configure_docker() {
   if ! grep -qs '"nvidia"' "$DOCKER_DAEMON_CONFIG"; then
     run nvidia-ctk runtime configure --runtime=docker --config="$DOCKER_DAEMON_CONFIG"
     run systemctl enable docker
-    run systemctl restart docker
+    run_bounded "$SERVICE_SECONDS" "restarting Docker" systemctl restart docker
   elif ! systemctl is-active --quiet docker; then
-    run systemctl enable --now docker
+    run_bounded "$SERVICE_SECONDS" "starting Docker" systemctl enable --now docker
   fi
 }
 
@@ -353,9 +383,9 @@ configure_nginx() {
   if [[ -e "$NGINX_DEFAULT_SITE" || -L "$NGINX_DEFAULT_SITE" ]]; then
     rm -f "$NGINX_DEFAULT_SITE"
     run systemctl enable nginx
-    run systemctl reload-or-restart nginx
+    run_bounded "$SERVICE_SECONDS" "reloading nginx" systemctl reload-or-restart nginx
   elif ! systemctl is-active --quiet nginx; then
-    run systemctl enable --now nginx
+    run_bounded "$SERVICE_SECONDS" "starting nginx" systemctl enable --now nginx
   fi
 }
 
@@ -485,16 +515,18 @@ docker_login_to_mirror() {
   local token
   token="$(metadata_token)" || return 1
   log "logging Docker in to ${DOCKER_REGISTRY_HOST} as the VM's service account"
-  printf '%s' "$token" |
+  # The token on docker's stdin from a process substitution: never an argument, never a file.
+  bounded --output "$STARTUP_LOG" "$DOCKER_LOGIN_SECONDS" \
+    "logging Docker in to ${DOCKER_REGISTRY_HOST}" \
     docker login --username oauth2accesstoken --password-stdin \
-      "https://${DOCKER_REGISTRY_HOST}" >>"$STARTUP_LOG" 2>&1
+    "https://${DOCKER_REGISTRY_HOST}" < <(printf '%s' "$token")
 }
 
 pull_attempt() {
   if [[ -n "$DOCKER_REGISTRY_HOST" ]]; then
     docker_login_to_mirror || return 1
   fi
-  run timeout "$DOCKER_TIMEOUT_SECONDS" docker pull "$GPU_CHECK_IMAGE"
+  run_bounded "$DOCKER_TIMEOUT_SECONDS" "pulling ${GPU_CHECK_IMAGE}" docker pull "$GPU_CHECK_IMAGE"
 }
 
 check_gpu_container() {
@@ -502,7 +534,8 @@ check_gpu_container() {
   if ! docker image inspect "$GPU_CHECK_IMAGE" >/dev/null 2>&1; then
     with_retries pull_attempt || fail "could not pull ${GPU_CHECK_IMAGE}"
   fi
-  run timeout "$DOCKER_TIMEOUT_SECONDS" docker run --rm --gpus all "$GPU_CHECK_IMAGE" nvidia-smi ||
+  run_bounded "$DOCKER_TIMEOUT_SECONDS" "running nvidia-smi in a --gpus all container" \
+    docker run --rm --gpus all "$GPU_CHECK_IMAGE" nvidia-smi ||
     fail "a --gpus all container cannot run nvidia-smi"
 }
 

@@ -5,9 +5,12 @@
 # as IAM grants still propagating, then passes on this `pulumi up`), and fail with its log if it
 # fails again. A driver install reboots the host, which ends this SSH session: say so first.
 #
-# Runs as the SSH user and reads root-owned state through sudo. For tests, VLLM_GCP_ROOT
-# prefixes every host path and VLLM_GCP_{POLL,PROGRESS,TIMEOUT}_SECONDS shorten the waits.
+# Runs as the SSH user and reads root-owned state through sudo, under the step's time limit
+# (components/remote_access.py). For tests, VLLM_GCP_ROOT prefixes every host path and
+# VLLM_GCP_{POLL,PROGRESS,TIMEOUT}_SECONDS shorten the waits.
 set -euo pipefail
+
+# vllm-gcp:include host_lib.sh
 
 readonly ROOT="${VLLM_GCP_ROOT:-}"
 readonly READY_MARKER="${ROOT}"'{{ READY_MARKER }}'
@@ -19,11 +22,9 @@ readonly TIMEOUT_SECONDS="${VLLM_GCP_TIMEOUT_SECONDS:-$DEFAULT_TIMEOUT_SECONDS}"
 readonly POLL_SECONDS="${VLLM_GCP_POLL_SECONDS:-5}"
 readonly PROGRESS_SECONDS="${VLLM_GCP_PROGRESS_SECONDS:-30}"
 readonly LOG_LINES=30
+# A rerun of the startup script: a driver install and apt's retries take minutes.
+readonly RERUN_SECONDS=1200
 readonly REBOOTING_MESSAGE="host rebooting to load the NVIDIA driver; run pulumi up again"
-
-log() {
-  printf '[host ready] %s\n' "$*"
-}
 
 exists_as_root() {
   sudo -n test -f "$1"
@@ -52,7 +53,8 @@ rerun_startup() {
   log "the startup script failed: $(failure_reason)"
   log "running it once more (google_metadata_script_runner startup)"
   # It clears the markers first and writes one of them again; its own status says nothing more.
-  sudo -n google_metadata_script_runner startup || true
+  bounded --root "$RERUN_SECONDS" "running the startup script once more" \
+    google_metadata_script_runner startup || true
 }
 
 fail_timeout() {
@@ -63,16 +65,18 @@ fail_timeout() {
   exit 1
 }
 
-on_session_end() {
-  # The reboot stops this session: explain the lost connection, if anything still reads us.
+# Called by the library's trap on TERM or HUP. The reboot stops this session: explain the lost
+# connection, if anything still reads us.
+on_stop() {
   if exists_as_root "$REBOOTING_MARKER"; then
     log "$REBOOTING_MESSAGE" >&2
+    exit 1
   fi
-  exit 1
 }
 
 wait_for_host() {
   local last_progress=-1 reran=false warned_reboot=false
+  doing "waiting for ${READY_MARKER} (the startup script: drivers, Docker, GPU check, cache)"
   until exists_as_root "$READY_MARKER"; do
     if exists_as_root "$STARTUP_FAILED_MARKER"; then
       if $reran; then
@@ -98,5 +102,5 @@ wait_for_host() {
   log "host ready after ${SECONDS}s"
 }
 
-trap on_session_end HUP TERM
+step_begin "host ready"
 wait_for_host

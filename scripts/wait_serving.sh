@@ -6,9 +6,12 @@
 #
 # The API key goes to curl as a header file read through sudo, never as an argument.
 # Journal lines holding the key or the token are left out of everything printed here.
-# Runs as the SSH user. For tests, VLLM_GCP_ROOT prefixes every host path and
+# Runs as the SSH user, under the step's time limit (components/remote_access.py); each request
+# to vLLM has its own (curl --max-time). For tests, VLLM_GCP_ROOT prefixes every host path and
 # VLLM_GCP_{POLL,PROGRESS,TIMEOUT}_SECONDS shorten the waits.
 set -euo pipefail
+
+# vllm-gcp:include host_lib.sh
 
 readonly ROOT="${VLLM_GCP_ROOT:-}"
 readonly SERVICE_NAME='{{ SERVICE_NAME }}'
@@ -24,17 +27,13 @@ readonly PROGRESS_SECONDS="${VLLM_GCP_PROGRESS_SECONDS:-30}"
 readonly MAX_EXITS=2
 readonly LOG_LINES=50
 
-log() {
-  printf '[serving] %s\n' "$*"
-}
-
 authorization_header() {
   sudo -n sed -n 's/^VLLM_API_KEY=/Authorization: Bearer /p' "$SECRETS_ENV_FILE"
 }
 
 serves_model() {
   local body
-  body="$(curl --fail --silent --show-error --max-time 10 \
+  body="$(curl --fail --silent --show-error --connect-timeout 5 --max-time 10 \
     --header @<(authorization_header) "$MODELS_URL" 2>/dev/null)" || return 1
   # vLLM answers compact JSON: {"object":"list","data":[{"id":"<served name>",...}]}
   [[ $body == *"\"id\":\"${SERVED_MODEL_NAME}\""* ]]
@@ -91,6 +90,7 @@ mark_weights_cached() {
 
 wait_until_serving() {
   local baseline exits state last_progress=-1
+  doing "waiting for vLLM to list ${SERVED_MODEL_NAME} on ${MODELS_URL} (a first start downloads the weights)"
   baseline="$(exit_count)"
   until serves_model; do
     state="$(service_state)"
@@ -116,4 +116,5 @@ wait_until_serving() {
   mark_weights_cached
 }
 
+step_begin "serving"
 wait_until_serving

@@ -13,8 +13,10 @@ import pulumi
 import yaml
 
 from scripts.offline import (
+    GET_IMAGE,
     MOCK_API_KEY,
     MOCK_HF_TOKEN,
+    MOCK_IMAGE_VERSION,
     MOCK_KIBANA_KEY,
     MOCK_PRIVATE_IP,
     MOCK_PUBLIC_IP,
@@ -26,7 +28,7 @@ from scripts.offline import (
     RecordingMocks,
     Registered,
     WarningCollector,
-    ensure_event_loop,
+    install_mocks,
     is_secret_value,
     plain_strings,
     run_program,
@@ -34,8 +36,10 @@ from scripts.offline import (
 )
 
 __all__ = [
+    "GET_IMAGE",
     "MOCK_API_KEY",
     "MOCK_HF_TOKEN",
+    "MOCK_IMAGE_VERSION",
     "MOCK_KIBANA_KEY",
     "MOCK_PRIVATE_IP",
     "MOCK_PUBLIC_IP",
@@ -109,22 +113,15 @@ def build_components(
     *,
     stack: str = "dev",
     organization: str | None = None,
+    mocks: RecordingMocks | None = None,
 ) -> Plan:
     """Run `declare` (which creates components and returns the outputs to keep, by name) under
     fresh mocks: the Plan holds what it registered, those outputs resolved (which were secret) and
     the warnings logged."""
-    mocks = RecordingMocks()
+    mocks = mocks or RecordingMocks()
     collector = WarningCollector(f"vllm-gcp-build-{id(mocks)}")
-    ensure_event_loop()
-    pulumi.runtime.set_mocks(
-        mocks,
-        project="vllm-gcp",
-        stack=stack,
-        preview=False,
-        logger=collector.logger,
-        organization=organization,
-    )
-    plan = Plan(resources=mocks.resources, warnings=collector.warnings)
+    install_mocks(mocks, stack=stack, logger=collector.logger, organization=organization)
+    plan = Plan(resources=mocks.resources, calls=mocks.calls, warnings=collector.warnings)
 
     @pulumi.runtime.test
     def program() -> pulumi.Output[None]:

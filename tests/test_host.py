@@ -21,10 +21,13 @@ from components.host import (
 )
 from components.network import Network, NetworkArgs
 from tests.harness import (
+    GET_IMAGE,
+    MOCK_IMAGE_VERSION,
     MOCK_PRIVATE_IP,
     MOCK_PUBLIC_IP,
     MOCK_SSH_PRIVATE_KEY,
     Plan,
+    RecordingMocks,
     build_components,
     stack_config,
 )
@@ -55,22 +58,13 @@ async def _source_names(output: pulumi.Output[str]) -> list[str]:
 def build(
     stack: str,
     *overrides: dict[str, Any],
-    seen_options: dict[str, pulumi.ResourceOptions] | None = None,
+    mocks: RecordingMocks | None = None,
     **mirrors: Any,
 ) -> Plan:
-    """Network and GpuHost as __main__.py wires them, from stacks/Pulumi.<stack>.yaml; the
-    resource options each resource got land in `seen_options`, by name, when given."""
+    """Network and GpuHost as __main__.py wires them, from stacks/Pulumi.<stack>.yaml."""
     stack_settings, _ = config.validate(stack_config(stack, *overrides), stack)
 
-    def record_options(
-        args: pulumi.ResourceTransformationArgs,
-    ) -> pulumi.ResourceTransformationResult | None:
-        if seen_options is not None:
-            seen_options[args.name] = args.opts
-        return None
-
     def declare() -> dict[str, object]:
-        pulumi.runtime.register_stack_transformation(record_options)
         network = Network(
             "vllm",
             NetworkArgs(
@@ -111,9 +105,10 @@ def build(
             "endpoint_address": host.endpoint_address,
             "service_account_email": host.service_account_email,
             "public_ip": host.public_ip,
+            "boot_image": host.boot_image,
         }
 
-    return build_components(declare, stack=stack)
+    return build_components(declare, stack=stack, mocks=mocks)
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +149,55 @@ def test_dev_plans_a_spot_g2_standard_8(dev: Plan) -> None:
     assert instance["bootDisk"]["initializeParams"]["size"] == 150
 
 
+ACCELERATOR_PROJECT = "ubuntu-os-accelerator-images"
+ACCELERATOR_FAMILY = "ubuntu-accelerator-2404-amd64-with-nvidia-580"
+NEWEST_IMAGE = (
+    f"https://www.googleapis.com/compute/v1/projects/{ACCELERATOR_PROJECT}/global/images/"
+    f"{ACCELERATOR_FAMILY}-{MOCK_IMAGE_VERSION}"
+)
+STASH = "pulumi:index:Stash"
+
+
 def test_boot_disk_is_the_gpu_ready_image_sized_from_config(prod: Plan) -> None:
     params = instance_inputs(prod)["bootDisk"]["initializeParams"]
-    assert params == {
-        "image": (
-            "projects/ubuntu-os-accelerator-images/global/images/family/"
-            "ubuntu-accelerator-2404-amd64-with-nvidia-580"
-        ),
-        "size": 500,
-        "type": "pd-balanced",
-    }
+    # The family resolved to a concrete image, which the provider matches to the state exactly.
+    assert params == {"image": NEWEST_IMAGE, "size": 500, "type": "pd-balanced"}
     assert instance_inputs(prod)["bootDisk"]["autoDelete"] is True
+    assert prod.outputs["boot_image"] == NEWEST_IMAGE
+
+
+def test_the_family_is_resolved_once_and_kept_in_a_stash_replaced_with_host_image(
+    prod: Plan,
+) -> None:
+    stash = prod.one(STASH)
+    assert stash.name == "vllm-host-image"
+    assert stash.plain == {"input": NEWEST_IMAGE}
+    assert stash.options.replacement_trigger == config.catalogue.DEFAULT_HOST_IMAGE
+    assert prod.calls == [
+        (GET_IMAGE, {"family": ACCELERATOR_FAMILY, "project": ACCELERATOR_PROJECT})
+    ]
+
+
+def test_a_newer_image_in_the_family_leaves_the_vm_on_the_image_it_was_created_from() -> None:
+    created_from = NEWEST_IMAGE.replace(MOCK_IMAGE_VERSION, "v20260301")
+    later = build("prod", mocks=RecordingMocks(stashed={"vllm-host-image": created_from}))
+    # The Stash's input follows the family; the VM follows what the Stash saved.
+    assert later.one(STASH).plain == {"input": NEWEST_IMAGE}
+    assert instance_inputs(later)["bootDisk"]["initializeParams"]["image"] == created_from
+
+
+def test_a_concrete_host_image_is_used_as_given_without_a_stash() -> None:
+    image = "projects/my-project/global/images/vllm-host-2404-nvidia-580-v3"
+    built = build("prod", {"vllm-gcp:host": {"image": image}})
+    assert instance_inputs(built)["bootDisk"]["initializeParams"]["image"] == image
+    assert built.of_type(STASH) == []
+    assert built.calls == []
+
+
+def test_the_vm_is_kept_running(prod: Plan, dev: Plan) -> None:
+    # A preempted Spot VM (dev) is started again by the next up, through the refresh.
+    for built in (prod, dev):
+        assert instance_inputs(built)["desiredStatus"] == "RUNNING"
 
 
 def test_shielded_vm_keeps_secure_boot_vtpm_and_integrity_monitoring(prod: Plan) -> None:
@@ -338,36 +371,30 @@ def test_private_addresses_come_from_the_static_internal_address() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stack", "overrides", "replace_on"),
+    ("stack", "overrides"),
     [
-        # Bundled local SSD: a provisioning change cannot stop the VM either.
-        ("prod", {}, ["machineType", "scheduling"]),
-        (
-            "prod",
-            {"vllm-gcp:host": {"machineType": "a3-highgpu-8g", "skipZoneCheck": True}},
-            ["machineType", "scheduling"],
-        ),
+        ("prod", {}),
+        ("prod", {"vllm-gcp:host": {"machineType": "a3-highgpu-8g", "skipZoneCheck": True}}),
         # No local SSD: still replaced on a machine type change, as the current VM may have one.
-        ("dev", {}, ["machineType"]),
-        ("prod", {"vllm-gcp:host": {"machineType": "a2-highgpu-2g"}}, ["machineType"]),
+        ("dev", {}),
+        ("prod", {"vllm-gcp:host": {"machineType": "a2-highgpu-2g"}}),
     ],
 )
-def test_a_machine_type_change_always_replaces_the_vm_first(
-    stack: str, overrides: dict[str, Any], replace_on: list[str]
+def test_the_vm_registers_with_the_options_that_keep_it_across_ups(
+    stack: str, overrides: dict[str, Any]
 ) -> None:
-    seen: dict[str, pulumi.ResourceOptions] = {}
-    build(stack, overrides, seen_options=seen)
-    options = seen["vllm-host"]
-    assert options.replace_on_changes == replace_on
+    options = build(stack, overrides).named("vllm-host").options
+    assert options.replace_on_changes == ("machineType",)
     # Its static IPs belong to one VM at a time.
     assert options.delete_before_replace is True
+    # Only fields the program never sets: an ignored path keeps its old input on a replacement.
+    assert set(options.ignore_changes) == {"scratchDisks", "keyRevocationActionType"}
+    assert options.custom_timeouts == {"create": "20m", "update": "20m", "delete": "20m"}
 
 
 def test_the_service_account_is_deleted_before_a_replacement() -> None:
-    seen: dict[str, pulumi.ResourceOptions] = {}
-    build("dev", seen_options=seen)
     # A fixed account_id: create-before-delete would fail with 409.
-    assert seen["vllm-host-sa"].delete_before_replace is True
+    assert build("dev").named("vllm-host-sa").options.delete_before_replace is True
 
 
 def test_a3_gets_gvnic_and_a2_g2_keep_their_default_nic(prod: Plan, dev: Plan) -> None:
@@ -377,3 +404,19 @@ def test_a3_gets_gvnic_and_a2_g2_keep_their_default_nic(prod: Plan, dev: Plan) -
     for built in (prod, dev):
         (interface,) = instance_inputs(built)["networkInterfaces"]
         assert "nicType" not in interface
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "ubuntu-accelerator-2404-amd64-with-nvidia-580",  # no project: the provider's guess
+        "family/ubuntu-accelerator-2404-amd64-with-nvidia-580",
+        "projects/p/global/images/family/",
+        "projects/my-project/global/images/vllm-host\n",
+    ],
+)
+def test_host_image_must_name_its_project_and_image_or_family(image: str) -> None:
+    with pytest.raises(config.ConfigError) as refused:
+        config.validate(stack_config("prod", {"vllm-gcp:host": {"image": image}}), "prod")
+    assert [p.key for p in refused.value.problems] == ["vllm-gcp:host.image"]
+    assert "projects/PROJECT/global/images/family/FAMILY" in str(refused.value)

@@ -1,6 +1,7 @@
 """Every shell script file in the project parses and passes shellcheck at warning level:
-the templates in scripts/ (raw, placeholders and all), CI's script and the tests' stand-ins.
-Rendered scripts are checked by the tests of the component that renders them."""
+the templates in scripts/ (raw, placeholders and all, and the shared host library), the local
+first-contact script next to the component that renders it, CI's script and the tests'
+stand-ins. Rendered scripts are checked by the tests of the component that renders them."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def _is_shell_script(path: Path) -> bool:
 SCRIPTS = sorted(
     [
         *ROOT.glob("scripts/**/*.sh"),
+        *ROOT.glob("components/**/*.sh"),
         *(p for p in ROOT.glob("tests/fakebin*/**/*") if p.is_file() and _is_shell_script(p)),
         ROOT / ".ci" / "run",
     ],
@@ -30,6 +32,7 @@ SCRIPTS = sorted(
 def test_there_are_scripts_to_check() -> None:
     names = {path.name for path in SCRIPTS}
     assert {"startup.sh", "e2e.sh", "standin.sh", "docker"} <= names
+    assert {"host_lib.sh", "first_contact.sh", "ssh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[str(p.relative_to(ROOT)) for p in SCRIPTS])

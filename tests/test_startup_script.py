@@ -616,3 +616,56 @@ def test_machines_without_nvswitch_leave_the_fabric_manager_out(a2_host: Host) -
     assert boot.returncode == 0, boot.output
     assert not any("fabricmanager" in call for call in boot.calls)
     assert not boot.called("nvidia-smi -q")
+
+
+# --- time limits ----------------------------------------------------------------------------------
+# Every network operation has its own limit (scripts/host_lib.sh `bounded`): one that hangs is cut
+# off, logged with what it was, and retried or failed; the boot never hangs on it. The stand-ins
+# hang for 30 s; VLLM_GCP_OPERATION_LIMIT_SECONDS=1 shortens every limit to a second.
+LIMIT_1S = {"VLLM_GCP_OPERATION_LIMIT_SECONDS": "1"}
+
+
+def test_a_hanging_check_image_pull_is_cut_off_logged_and_retried(a2_host: Host) -> None:
+    boot = a2_host.boot(FAKE_HANG="docker pull*", FAKE_HANG_TIMES="1", **LIMIT_1S)
+    assert boot.returncode == 0, boot.output
+    assert boot.seconds < 10
+    assert f"timed out after 1 s: pulling {GPU_CHECK_IMAGE}" in boot.output
+    log = a2_host.path(host_paths.STARTUP_LOG).read_text()
+    assert f"timed out after 1 s: pulling {GPU_CHECK_IMAGE}" in log
+    assert boot.calls.count(f"docker pull {GPU_CHECK_IMAGE}") == 2
+    assert a2_host.ready
+
+
+def test_a_hanging_apt_update_is_cut_off_and_retried(a2_host: Host) -> None:
+    boot = a2_host.boot(FAKE_HANG="apt-get*update*", FAKE_HANG_TIMES="1", **LIMIT_1S)
+    assert boot.returncode == 0, boot.output
+    assert boot.seconds < 10
+    assert "timed out after 1 s: apt-get update" in boot.output
+    assert boot.calls.count("apt-get -q -o DPkg::Lock::Timeout=600 update") == 2
+    assert a2_host.ready
+
+
+def test_a_hanging_download_of_nvidias_key_fails_the_boot_with_its_name(a2_host: Host) -> None:
+    boot = a2_host.boot(FAKE_HANG="curl*gpgkey", **LIMIT_1S)
+    assert boot.returncode != 0
+    assert boot.seconds < 10
+    assert "timed out after 1 s: downloading the NVIDIA container toolkit's apt key" in boot.output
+    assert a2_host.failure == (
+        "could not download the NVIDIA container toolkit's apt key from "
+        "https://nvidia.github.io/libnvidia-container\n"
+    )
+    assert not a2_host.ready
+
+
+def test_the_network_operations_run_under_limits() -> None:
+    script = startup_script(A2_ULTRA_2G)
+    for operation in (
+        'run_bounded "$APT_UPDATE_SECONDS" "apt-get update" apt-get',
+        'run_bounded "$APT_INSTALL_SECONDS" "apt-get install $*"',
+        'run_bounded "$DRIVER_INSTALL_SECONDS"',
+        'run_bounded "$DOCKER_TIMEOUT_SECONDS" "pulling ${GPU_CHECK_IMAGE}" docker pull',
+        'bounded "$KEY_DOWNLOAD_SECONDS"',
+        'bounded --output "$STARTUP_LOG" "$DOCKER_LOGIN_SECONDS"',
+    ):
+        assert operation in script
+    assert "curl -fsS --retry 5 --connect-timeout 5 --max-time 10" in script  # the token

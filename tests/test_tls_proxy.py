@@ -103,7 +103,8 @@ def test_self_signed_makes_a_ca_and_a_server_certificate_for_the_address() -> No
     assert not request.get("dnsNames")
     server = built.of_type("tls:index/locallySignedCert:LocallySignedCert")[0].inputs
     assert server["validityPeriodHours"] == SERVER_VALIDITY_HOURS <= 366 * 24
-    assert 0 < server["earlyRenewalHours"] < server["validityPeriodHours"]
+    # Renewal by the calendar (tests/test_certificate_renewal.py), not by the TLS provider.
+    assert "earlyRenewalHours" not in server
     assert "server_auth" in server["allowedUses"]
     assert built.outputs["ca_certificate"] == ca.outputs["certPem"]
     assert built.outputs["endpoint_host"] == MOCK_PUBLIC_IP
@@ -127,7 +128,8 @@ def test_key_material_and_token_travel_only_in_the_secret_stdin() -> None:
     _no_plain_secret(built, [MOCK_API_KEY, MOCK_TLS_KEY])
     site = built.named("vllm-nginx-site").inputs
     assert site["create"] == site["update"]
-    assert site["create"].startswith("sudo -n bash -c ")
+    # As root, under the step's time limit (remote_access.step_command; tests/test_host_limits.py).
+    assert "exec sudo -n timeout --kill-after=20 540 " in site["create"]
     assert site["triggers"] == ["1234567890"]
     assert site["addPreviousOutputInEnv"] is False
 
@@ -335,3 +337,14 @@ def test_letsencrypt_gives_up_after_about_ten_minutes_of_apt_failures(tmp_path: 
     assert run.calls.count("sleep 30") == 19
     assert "could not install certbot with apt after 20 attempts" in run.stderr
     assert not any(call.startswith("certbot") for call in run.calls)
+
+
+def test_letsencrypt_cuts_off_a_hanging_certbot_and_names_it(tmp_path: Path) -> None:
+    host = AcmeHost(tmp_path, certbot_installed=True)
+    run = host.run(FAKE_HANG="certbot certonly*", VLLM_GCP_OPERATION_LIMIT_SECONDS="1")
+    assert run.returncode == 124
+    assert (
+        "[letsencrypt] timed out after 1 s: obtaining a certificate for llm.example.com "
+        "from Let's Encrypt (HTTP-01)"
+    ) in run.stderr
+    assert not host.bootstrap_site.exists()  # port 80 is given back to the site even then

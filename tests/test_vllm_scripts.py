@@ -1,5 +1,6 @@
 """The vLLM server's host-side scripts, rendered as the component renders them and run with
-recording stand-ins for sudo, docker, systemctl, journalctl and curl (tests/fakebin_vllm)."""
+recording stand-ins for sudo, docker, systemctl, journalctl and curl (tests/fakebin_vllm); the
+time limits run through the same wrapper as on the host (remote_access.step_command)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from components import host_paths
 from components import vllm_server as vllm
 from components.config import ModelConfig
+from components.remote_access import step_command, step_limit_seconds
 from tests.harness import assert_shell_clean
 from tests.test_vllm_server import systemd_split
 
@@ -57,10 +59,14 @@ class Host:
         return calls.read_text().splitlines() if calls.exists() else []
 
     def run(
-        self, script: str, stdin: str = "", env: Mapping[str, str] | None = None
+        self,
+        script: str,
+        stdin: str = "",
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
     ) -> subprocess.CompletedProcess[str]:
         # As on the host: the script is the SSH command, run by the login shell (bash).
-        return self.run_argv(["bash", "-c", script], stdin, env)
+        return self.run_argv(["bash", "-c", script], stdin, env, timeout)
 
     def environment(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
         return {
@@ -72,7 +78,11 @@ class Host:
         }
 
     def run_argv(
-        self, argv: list[str], stdin: str = "", env: Mapping[str, str] | None = None
+        self,
+        argv: list[str],
+        stdin: str = "",
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             argv,
@@ -80,7 +90,7 @@ class Host:
             env=self.environment(env),
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=timeout,
             check=False,
         )
 
@@ -90,61 +100,39 @@ def host(tmp_path: Path) -> Host:
     return Host(tmp_path)
 
 
+# The scripts as the component renders them (its own functions), with shorter waits.
+
+
 def wait_host_script(timeout_seconds: int = 600) -> str:
-    return vllm.render_script(
-        "wait_host_ready.sh",
-        {
-            "READY_MARKER": host_paths.READY_MARKER,
-            "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
-            "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
-            "STARTUP_LOG": host_paths.STARTUP_LOG,
-            "TIMEOUT_SECONDS": str(timeout_seconds),
-        },
-    )
+    return vllm.wait_host_ready_script(timeout_seconds)
 
 
 def secrets_script() -> str:
-    return vllm.render_script(
-        "write_secrets.sh",
-        {"CONFIG_DIR": host_paths.CONFIG_DIR, "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE},
-    )
+    return vllm.secrets_script()
 
 
 def install_script(
     image: str = "vllm/vllm-openai:v0.32.0", registry_host: str = "", login_script: str = ""
 ) -> str:
-    return vllm.render_script(
-        "install_vllm.sh",
-        {
-            "IMAGE": image,
-            "SERVICE_NAME": vllm.SERVICE_NAME,
-            "CACHE_DIRS": f"{vllm.HF_CACHE_DIR} {vllm.VLLM_CACHE_DIR}",
-            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
-            "REGISTRY_HOST": registry_host,
-            "REGISTRY_LOGIN_PATH": vllm.REGISTRY_LOGIN_PATH,
-            "REGISTRY_LOGIN_SCRIPT": login_script,
-        },
+    return vllm.install_script(
+        image,
+        registry_host or None,
+        cache_dirs=(vllm.HF_CACHE_DIR, vllm.VLLM_CACHE_DIR),
+        login_script=login_script,
     )
 
 
 def serving_script(served_name: str = SERVED_NAME, marker: str = MARKER) -> str:
-    return vllm.render_script(
-        "wait_serving.sh",
-        {
-            "SERVICE_NAME": vllm.SERVICE_NAME,
-            "MODELS_URL": "http://127.0.0.1:8000/v1/models",
-            "SERVED_MODEL_NAME": served_name,
-            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
-            "OFFLINE_MARKER": marker,
-            "TIMEOUT_SECONDS": "600",
-        },
-    )
+    return vllm.serving_script(served_name, marker, timeout_seconds=600)
 
 
-def unit_shell(program: str, registry_host: str | None = None) -> list[str]:
+def unit_shell(
+    program: str, registry_host: str | None = None, model: ModelConfig | None = None
+) -> list[str]:
     """The unit's `/bin/sh -c SCRIPT <program> ARGS...` pre-start command, split as by systemd."""
     image = "vllm/vllm-openai:v0.32.0"
-    unit = vllm.render_unit(vllm.container_spec(ModelConfig(), 2, image), image, registry_host)
+    spec = vllm.container_spec(model or ModelConfig(), 2, image)
+    unit = vllm.render_unit(spec, image, registry_host)
     for line in unit.splitlines():
         if not line.startswith("ExecStartPre="):
             continue
@@ -185,9 +173,16 @@ def test_rendered_scripts_pass_shellcheck_and_bash_n(name: str) -> None:
     assert_shell_clean(rendered)
 
 
-@pytest.mark.parametrize("program", ["start-gate", "pull-if-absent"])
+# An image that cannot stream from Cloud Storage: the unit copies the weights before each start.
+GCS_COPY_MODEL = ModelConfig(
+    image="vllm/vllm-openai:v0.11.0", source="gcs", gcs_uri="gs://weights-bucket/mistral"
+)
+
+
+@pytest.mark.parametrize("program", ["start-gate", "pull-if-absent", "weights-copy"])
 def test_the_units_shell_commands_pass_shellcheck(program: str) -> None:
-    assert_shell_clean(unit_shell(program, "us-central1-docker.pkg.dev")[2], dialect="sh")
+    shell = unit_shell(program, "us-central1-docker.pkg.dev", GCS_COPY_MODEL)
+    assert_shell_clean(shell[2], dialect="sh")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,7 +223,10 @@ def test_wait_host_reruns_a_failed_startup_script_once_and_waits_for_it(host: Ho
     assert "running it once more" in result.stdout
     assert "startup: all GPUs seen" in result.stdout
     assert "host ready after" in result.stdout
-    assert host.calls().count("sudo -n google_metadata_script_runner startup") == 1
+    assert host.calls().count("google_metadata_script_runner startup") == 1
+    # As root, under a limit of its own (timeout inside sudo reaches the script it runs).
+    (rerun,) = [c for c in host.calls() if c.startswith("sudo") and "metadata_script" in c]
+    assert rerun == "sudo -n timeout --kill-after=10 1200 google_metadata_script_runner startup"
 
 
 def test_wait_host_fails_fast_with_the_startup_log(host: Host) -> None:
@@ -478,6 +476,85 @@ def test_serving_with_no_marker_and_an_awkward_served_name(host: Host) -> None:
     assert result.returncode == 0, result.stderr
     assert f"vLLM serves {awkward}" in result.stdout
     assert not any(host.path(vllm.OFFLINE_MARKER_DIR).iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# Time limits: each operation's own (scripts/host_lib.sh `bounded`), and the step's, from the
+# wrapper host_step puts around every script (remote_access.step_command)
+
+# Enough for a limit of a second or two to act; a script without its limit runs into it and fails.
+HANG_TIMEOUT = 10
+
+
+def test_a_hanging_pull_is_cut_off_by_its_own_limit_and_named(host: Host) -> None:
+    host.fake("pull_hangs")
+    step = step_command(install_script(), step_limit_seconds(vllm.RUN_TIMEOUT_MINUTES))
+    started = time.monotonic()
+    result = host.run(
+        step,
+        stdin="ExecStart=/bin/true\n",
+        env={"VLLM_GCP_OPERATION_LIMIT_SECONDS": "1"},
+        timeout=HANG_TIMEOUT,
+    )
+    assert time.monotonic() - started < 5
+    assert result.returncode == 124
+    assert "[run vllm] timed out after 1 s: pulling vllm/vllm-openai:v0.32.0" in result.stderr
+    assert not host.path(f"/etc/systemd/system/{vllm.SERVICE_NAME}").exists()
+    assert not any(c.startswith("systemctl restart") for c in host.calls())
+
+
+def test_a_step_hung_in_a_wait_is_cut_off_by_the_step_limit_and_names_it(host: Host) -> None:
+    # The script's own wait (600 s) is far off: the step's limit ends it.
+    step = step_command(wait_host_script(timeout_seconds=600), limit_seconds=1)
+    started = time.monotonic()
+    result = host.run(step, env=FAST, timeout=HANG_TIMEOUT)
+    assert time.monotonic() - started < 5
+    assert result.returncode == 124
+    ready = host.path(host_paths.READY_MARKER)
+    assert (
+        f"[host ready] timed out after 1 s (this step's time limit): waiting for {ready} "
+        "(the startup script: drivers, Docker, GPU check, cache)"
+    ) in result.stderr
+
+
+def test_the_step_limit_stops_the_operation_in_flight_and_names_it(host: Host) -> None:
+    host.write(host_paths.STARTUP_FAILED_MARKER, "IAM grant not yet visible\n")
+    fake_startup(host, "exec sleep 30")  # a rerun of the startup script that never ends
+    step = step_command(wait_host_script(timeout_seconds=600), limit_seconds=1)
+    started = time.monotonic()
+    # capture_output waits for every process holding the output: none may be left behind.
+    result = host.run(step, env=FAST, timeout=HANG_TIMEOUT)
+    assert time.monotonic() - started < 5
+    assert result.returncode == 124
+    assert (
+        "[host ready] timed out after 1 s (this step's time limit): "
+        "running the startup script once more (its own limit: 1200 s)"
+    ) in result.stderr
+
+
+def test_a_secrets_step_stopped_by_its_limit_leaves_no_partial_file(host: Host) -> None:
+    step = step_command(secrets_script(), limit_seconds=1)
+    # stdin that never ends: the step waits on it until its limit.
+    with subprocess.Popen(
+        ["bash", "-c", step],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=host.environment(),
+        text=True,
+    ) as step_process:
+        assert step_process.stdin is not None
+        step_process.stdin.write(f"VLLM_API_KEY={API_KEY}\n")
+        step_process.stdin.flush()
+        returncode = step_process.wait(timeout=HANG_TIMEOUT)
+        step_process.stdin.close()
+        assert step_process.stderr is not None
+        stderr = step_process.stderr.read()
+    assert returncode == 124
+    config_dir = host.path(host_paths.CONFIG_DIR)
+    assert "this step's time limit): writing" in stderr
+    assert list(config_dir.iterdir()) == []
+    assert API_KEY not in stderr
 
 
 # ------------------------------------------------------------------------------------------------

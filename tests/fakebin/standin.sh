@@ -12,6 +12,8 @@
 #   FAKE_FABRIC_STATE  the fabric state nvidia-smi -q reports instead
 #   FAKE_FAIL   a glob over "name args..."; a matching call fails with exit 1
 #   FAKE_FAIL_TIMES  with FAKE_FAIL: only the first this many matching calls fail
+#   FAKE_HANG   a glob over "name args..."; a matching call hangs (a network that never answers)
+#   FAKE_HANG_TIMES  with FAKE_HANG: only the first this many matching calls hang
 #   FAKE_DRIVER_LOADS_AT_ONCE=1  a driver ubuntu-drivers installs works without a reboot
 #   FAKE_RESOLVES_TO  the IPv4 address getent gives every name (default 1.2.3.4)
 set -euo pipefail
@@ -29,6 +31,18 @@ if [[ -n "${FAKE_FAIL:-}" ]]; then
       echo $((failures + 1)) >"${state}/failures"
       echo "${name}: failing as told (FAKE_FAIL)" >&2
       exit 1
+    fi
+  fi
+fi
+
+if [[ -n "${FAKE_HANG:-}" ]]; then
+  # shellcheck disable=SC2053
+  if [[ "$name $*" == $FAKE_HANG ]]; then
+    hangs="$(cat "${state}/hangs" 2>/dev/null || echo 0)"
+    if [[ -z "${FAKE_HANG_TIMES:-}" ]] || ((hangs < FAKE_HANG_TIMES)); then
+      echo $((hangs + 1)) >"${state}/hangs"
+      # The real sleep: `sleep` may be this stand-in. exec: the limit's TERM reaches it directly.
+      exec /bin/sleep 30
     fi
   fi
 fi
