@@ -44,7 +44,9 @@ SITE_TIMEOUT_MINUTES = 10
 LETSENCRYPT_TIMEOUT_MINUTES = 20  # DNS check, ACME challenge and issuance
 
 # The proxy's limits (README: "The TLS proxy").
-PROXY_TIMEOUT = "900s"  # >= 600 s: Kibana waits about 200 s for a non-streamed answer
+# Past anything Kibana waits: 120 s for the OpenAI connector's non-streamed calls, 180 s for the
+# Security AI Assistant's, xpack.actions.responseTimeout (300 s as kibanaSettings sets it).
+PROXY_TIMEOUT = "900s"
 CLIENT_MAX_BODY_SIZE = "32m"  # >= 16 MB prompts
 FAILED_AUTH_RATE = "30r/m"  # sustained wrong-token attempts per client address
 FAILED_AUTH_BURST = 10  # wrong-token attempts answered 401 before 429 starts
