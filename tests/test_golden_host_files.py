@@ -1,0 +1,80 @@
+"""What the host receives, byte for byte: every file the offline plan writes for four stacks, as
+recorded in tests/golden/. A change to any of them is either a regression or named here.
+
+To record a deliberate change: VLLM_GCP_RECORD_GOLDEN=1 venv/bin/pytest tests/test_golden_host_files.py
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from components import certificate_renewal
+from scripts.plan import host_files, read_stack, secret_names
+from tests.harness import ROOT, run_program
+
+GOLDEN = ROOT / "tests" / "golden"
+# The plans are made on a fixed day: the server certificate's renewal period is in its request.
+PLAN_DAY = date(2026, 12, 1)
+CASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "prod": ("prod", ()),
+    "dev": ("dev", ()),
+    "private": (
+        "prod",
+        (
+            "vllm-gcp:network.exposure=private",
+            "vllm-gcp:access.apiCidrs=[10.0.0.0/8]",
+            "vllm-gcp:access.sshCidrs=[10.20.0.5/32]",
+            "vllm-gcp:model.source=gcs",
+            "vllm-gcp:model.gcsUri=gs://weights-bucket/mistral",
+            "vllm-gcp:mirror.dockerRemote=true",
+            "vllm-gcp:mirror.aptRemote=true",
+            "vllm-gcp:host.image=projects/offline-plan/global/images/vllm-host-2404-nvidia-580",
+        ),
+    ),
+    "letsencrypt": (
+        "prod",
+        (
+            "vllm-gcp:tls.mode=letsencrypt",
+            "vllm-gcp:tls.domain=llm.example.com",
+            "vllm-gcp:tls.email=ops@example.com",
+        ),
+    ),
+}
+
+
+def planned_files(case: str) -> dict[str, str]:
+    stack, settings = CASES[case]
+    stack_input = read_stack(stack, settings)
+    with mock.patch.object(certificate_renewal, "utc_today", return_value=PLAN_DAY):
+        plan = run_program(stack_input.config, stack=stack, secrets=stack_input.secrets)
+    return host_files(plan, secret_names(stack_input))
+
+
+def recorded_files(case: str) -> dict[str, str]:
+    directory = GOLDEN / case
+    return {path.name: path.read_text() for path in sorted(directory.iterdir())}
+
+
+def record(case: str, files: dict[str, str]) -> None:
+    directory = GOLDEN / case
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.iterdir():
+        stale.unlink()
+    for name, content in files.items():
+        Path(directory / name).write_text(content)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_host_receives_the_recorded_bytes(case: str) -> None:
+    files = planned_files(case)
+    if os.environ.get("VLLM_GCP_RECORD_GOLDEN") == "1":
+        record(case, files)
+    recorded = recorded_files(case)
+    assert sorted(files) == sorted(recorded)
+    for name, content in files.items():
+        assert content == recorded[name], f"{case}/{name} differs from tests/golden/{case}/{name}"
