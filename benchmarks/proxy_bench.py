@@ -30,8 +30,8 @@ from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tests.standins.nginx import NginxProxy
-from tests.standins.openai_upstream import OpenAIUpstream
+from tools.standins.nginx import NginxProxy
+from tools.standins.openai_upstream import OpenAIUpstream
 
 API_KEY = "bench-key-0123456789abcdefghijklmnopqrstuvwxyz01"
 CONCURRENCY_LEVELS = (1, 4, 16)

@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 import yaml
 
-from scripts.offline import (
+from tools.offline import (
     GET_IMAGE,
     MOCK_API_KEY,
     MOCK_HF_TOKEN,

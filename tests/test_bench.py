@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import bench
-from tests.standins.nginx import NginxProxy
-from tests.standins.openai_upstream import OpenAIUpstream
+from tools import bench
+from tools.standins.nginx import NginxProxy
+from tools.standins.openai_upstream import OpenAIUpstream
 
 API_KEY = "bench-key-0123456789abcdefghijklmnopqrstuvwxyz"
 STREAM_DELAY_S = 0.005

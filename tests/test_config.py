@@ -16,7 +16,7 @@ from components.config import (
     validate,
 )
 from tests.harness import USER_VALUES, merged, stack_config, stack_file
-from tests.standins.pki import make_pki
+from tools.standins.pki import make_pki
 
 
 def config_of(*overrides: dict[str, Any], stack: str = "prod") -> tuple[StackConfig, list[str]]:

@@ -1,4 +1,4 @@
-"""scripts/e2e.sh with `pulumi` and the smoke test replaced by recording stand-ins."""
+"""tools/e2e.sh with `pulumi` and the smoke test replaced by recording stand-ins."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tests.harness import ROOT
 
-SCRIPT = ROOT / "scripts" / "e2e.sh"
+SCRIPT = ROOT / "tools" / "e2e.sh"
 
 # Records each call; answers `config get`; fails the command named in FAKE_PULUMI_FAIL
 # ("up", "destroy", ...). On `up`, keeps a copy of the new stack's file (where one was written).
@@ -64,9 +64,9 @@ def _executable(path: Path, text: str) -> None:
 def repo(tmp_path: Path) -> Path:
     """A copy of the script and the dev stack file: the run writes only here."""
     repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
+    (repo / "tools").mkdir(parents=True)
     (repo / "stacks").mkdir()
-    shutil.copy(SCRIPT, repo / "scripts" / "e2e.sh")
+    shutil.copy(SCRIPT, repo / "tools" / "e2e.sh")
     shutil.copy(ROOT / "stacks" / "Pulumi.dev.yaml", repo / "stacks" / "Pulumi.dev.yaml")
     return repo
 
@@ -88,7 +88,7 @@ def _run(repo: Path, **env: str) -> Run:
         **env,
     }
     result = subprocess.run(
-        ["bash", str(repo / "scripts" / "e2e.sh")],
+        ["bash", str(repo / "tools" / "e2e.sh")],
         env=environment,
         capture_output=True,
         text=True,
@@ -107,7 +107,7 @@ def test_up_smoke_test_destroy_and_removal_happen_in_order(repo: Path) -> None:
         "pulumi stack init",
         "pulumi config set --stack",
         "pulumi up",
-        f"python -m scripts.smoke_test --stack {stack}",
+        f"python -m tools.smoke_test --stack {stack}",
         "pulumi destroy",
         "pulumi stack rm",
     ]
@@ -132,7 +132,7 @@ def test_up_smoke_test_destroy_and_removal_happen_in_order(repo: Path) -> None:
 def test_a_failed_smoke_test_still_destroys_and_removes_the_stack(repo: Path) -> None:
     run = _run(repo, FAKE_SMOKE_RC="1")
     assert run.code == 1
-    assert run.index("python -m scripts.smoke_test") < run.index("pulumi destroy")
+    assert run.index("python -m tools.smoke_test") < run.index("pulumi destroy")
     assert run.index("pulumi destroy") < run.index("pulumi stack rm")
     assert "failed (exit 1)" in run.stderr
 

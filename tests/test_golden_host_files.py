@@ -1,7 +1,8 @@
 """What the host receives, byte for byte: every file the offline plan writes for four stacks, as
 recorded in tests/golden/. A change to any of them is either a regression or named here.
 
-To record a deliberate change: VLLM_GCP_RECORD_GOLDEN=1 venv/bin/pytest tests/test_golden_host_files.py
+To record a deliberate change:
+    VLLM_GCP_RECORD_GOLDEN=1 venv/bin/pytest -n 0 tests/test_golden_host_files.py
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from unittest import mock
 import pytest
 
 from components import certificate_renewal
-from scripts.plan import host_files, read_stack, secret_names
 from tests.harness import ROOT, run_program
+from tools.plan import host_files, read_stack, secret_names
 
 GOLDEN = ROOT / "tests" / "golden"
 # The plans are made on a fixed day: the server certificate's renewal period is in its request.

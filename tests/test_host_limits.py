@@ -1,7 +1,7 @@
 """Every remote step runs under a host-side time limit (remote_access.step_command), and a stack
 reached through a jump host makes its first contact with the system's SSH client first.
 
-The stacks are planned by the real program under the engine's mocks (scripts/offline.py); the
+The stacks are planned by the real program under the engine's mocks (tools/offline.py); the
 mock monitor is watched for the dependencies each registration declares."""
 
 from __future__ import annotations

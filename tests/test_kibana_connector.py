@@ -35,8 +35,8 @@ from components.kibana_connector import (
     verification_hint,
 )
 from tests.harness import ROOT
-from tests.standins.kibana import StandInKibana, tls_context
-from tests.standins.pki import Pki, loopback_pki
+from tools.standins.kibana import StandInKibana, tls_context
+from tools.standins.pki import Pki, loopback_pki
 
 KIBANA_KEY = "a2liYW5hLWtleS1pZDpraWJhbmEta2V5LXNlY3JldA=="
 READ_ONLY_KEY = "cmVhZC1vbmx5LWtleQ=="

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import plan
 from tests.harness import (
     MOCK_SECRETS,
     ROOT,
 )
+from tools import plan
 
 
 def _assert_no_secret(directory: Path, secrets: tuple[str, ...]) -> None:

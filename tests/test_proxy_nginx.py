@@ -25,9 +25,9 @@ from components.tls_proxy import (
     letsencrypt_script,
     render_site,
 )
-from tests.standins.nginx import NGINX, NginxProxy, free_port, main_config
-from tests.standins.openai_upstream import OpenAIUpstream
-from tests.standins.pki import loopback_pki
+from tools.standins.nginx import NGINX, NginxProxy, free_port, main_config
+from tools.standins.openai_upstream import OpenAIUpstream
+from tools.standins.pki import loopback_pki
 
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason=f"{NGINX} is not installed")
 

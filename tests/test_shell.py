@@ -23,6 +23,7 @@ SCRIPTS = sorted(
     [
         *ROOT.glob("scripts/**/*.sh"),
         *ROOT.glob("components/**/*.sh"),
+        *ROOT.glob("tools/**/*.sh"),
         *(p for p in ROOT.glob("tests/fakebin*/**/*") if p.is_file() and _is_shell_script(p)),
         ROOT / ".ci" / "run",
     ],
@@ -31,7 +32,7 @@ SCRIPTS = sorted(
 
 def test_there_are_scripts_to_check() -> None:
     names = {path.name for path in SCRIPTS}
-    assert {"startup.sh", "e2e.sh", "standin.sh", "docker"} <= names
+    assert {"startup.sh", "e2e.sh", "setup-dev.sh", "standin.sh", "docker"} <= names
     assert {"host_lib.sh", "first_contact.sh", "ssh"} <= names
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts import smoke_test
-from scripts.endpoint_args import Endpoint, normalise_base_url
-from tests.standins.nginx import NginxProxy, free_port
-from tests.standins.openai_upstream import OpenAIUpstream
+from tools import smoke_test
+from tools.endpoint_args import Endpoint, normalise_base_url
+from tools.standins.nginx import NginxProxy, free_port
+from tools.standins.openai_upstream import OpenAIUpstream
 
 API_KEY = "smoke-key-0123456789abcdefghijklmnopqrstuvwxyz"
 MODEL = "test-model"

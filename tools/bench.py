@@ -1,6 +1,6 @@
 """Load benchmark through the proxy, with the real key: what Elastic's connector will see.
 
-    python -m scripts.bench --stack dev [--concurrency 1,4,16] [--duration 30] [--json out.json]
+    python -m tools.bench --stack dev [--concurrency 1,4,16] [--duration 30] [--json out.json]
 
 At each concurrency level, that many clients send streamed chat completions back to back for
 --duration seconds (requests in flight at the end are completed and counted). Per level: requests
@@ -24,8 +24,8 @@ from typing import Any, TextIO
 
 import httpx
 
-from scripts.endpoint_args import Endpoint, EndpointError, add_endpoint_arguments, resolve_endpoint
-from scripts.smoke_test import explain_connection_error
+from tools.endpoint_args import Endpoint, EndpointError, add_endpoint_arguments, resolve_endpoint
+from tools.smoke_test import explain_connection_error
 
 DEFAULT_PROMPT = (
     "Summarise the MITRE ATT&CK tactics an attacker uses after initial access, one short "
@@ -275,7 +275,7 @@ def _levels(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None, progress_stream: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.bench", description=(__doc__ or "").split("\n", 1)[0]
+        prog="python -m tools.bench", description=(__doc__ or "").split("\n", 1)[0]
     )
     add_endpoint_arguments(parser)
     parser.add_argument("--concurrency", type=_levels, default=[1, 4, 16], help="e.g. 1,4,16")

@@ -2,7 +2,7 @@
 # End-to-end test on a real GCP project: a short-lived stack from the dev configuration,
 # `pulumi up`, the smoke test, `pulumi destroy`, and the stack removed, also when a step fails.
 #
-#   GCP_PROJECT=my-project SSH_CIDR=203.0.113.7/32 scripts/e2e.sh
+#   GCP_PROJECT=my-project SSH_CIDR=203.0.113.7/32 tools/e2e.sh
 #
 # It creates billable resources (the dev stack's GPU VM) for the length of the run; the summary
 # at the end prints the machine type, whether it was Spot, and the elapsed time.
@@ -82,7 +82,7 @@ smoke_test() {
   local python
   python="${VLLM_GCP_PYTHON:-$(default_python)}"
   log "smoke test"
-  (cd "${REPO_DIR}" && "${python}" -m scripts.smoke_test --stack "${STACK}")
+  (cd "${REPO_DIR}" && "${python}" -m tools.smoke_test --stack "${STACK}")
 }
 
 # Destroys and removes the stack; keeps it (and says how to finish) when destroy fails, since

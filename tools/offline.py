@@ -2,7 +2,7 @@
 
 Nothing here talks to GCP or the Pulumi CLI: `pulumi.runtime.set_mocks` stands in for the engine,
 and the mocks return, for each resource type the program reads outputs of, values of the shape
-the provider would return. Used by the tests and by the offline plan (`python -m scripts.plan`).
+the provider would return. Used by the tests and by the offline plan (`python -m tools.plan`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from components.tls_proxy import SiteSettings, render_site
-from tests.standins.pki import loopback_pki
+from tools.standins.pki import loopback_pki
 
 __all__ = ["NGINX", "NginxProxy", "free_port", "main_config"]
 

@@ -1,7 +1,7 @@
 """Checks a deployed endpoint the way Elastic's OpenAI connector uses it; exit 0 when all pass.
 
-    python -m scripts.smoke_test --stack dev
-    python -m scripts.smoke_test --endpoint https://203.0.113.10/v1 --api-key KEY \\
+    python -m tools.smoke_test --stack dev
+    python -m tools.smoke_test --endpoint https://203.0.113.10/v1 --api-key KEY \\
         --model Qwen/Qwen2.5-7B-Instruct --ca-cert ca.pem [--host-header llm.example.com]
 
 One line per check with its timing; a failed check says what failed and its likely cause. The API
@@ -23,7 +23,7 @@ import httpx
 import httpx2
 import openai
 
-from scripts.endpoint_args import Endpoint, EndpointError, add_endpoint_arguments, resolve_endpoint
+from tools.endpoint_args import Endpoint, EndpointError, add_endpoint_arguments, resolve_endpoint
 
 # Routes vLLM serves without its API key: the proxy must not expose them (DESIGN.md).
 ROUTES_OUTSIDE_V1 = ("/metrics", "/health", "/tokenize", "/version", "/docs")
@@ -333,7 +333,7 @@ def run_checks(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.smoke_test", description=(__doc__ or "").split("\n", 1)[0]
+        prog="python -m tools.smoke_test", description=(__doc__ or "").split("\n", 1)[0]
     )
     add_endpoint_arguments(parser)
     parser.add_argument(

@@ -1,8 +1,8 @@
 """Offline plan: validate a stack file and show what the program would manage, without the cloud.
 
-    python -m scripts.plan prod [--out DIR] [--set KEY=VALUE ...]
+    python -m tools.plan prod [--out DIR] [--set KEY=VALUE ...]
 
-Runs the real program under Pulumi's mocks (scripts/offline.py): no credentials, no Pulumi CLI,
+Runs the real program under Pulumi's mocks (tools/offline.py): no credentials, no Pulumi CLI,
 nothing deployed. Prints the resources grouped by type with the properties a reviewer checks;
 with --out, writes every file the host would receive (startup script, each remote step's script
 and stdin: the Nginx site, the systemd unit with the vLLM arguments) with secrets redacted, plus
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from components.config import PROJECT, SECRET_KEYS, ConfigError
-from scripts.offline import (
+from tools.offline import (
     MOCK_API_KEY,
     MOCK_HF_TOKEN,
     MOCK_KIBANA_KEY,
@@ -459,7 +459,7 @@ def summary(stack: str, stack_input: StackInput, plan: Plan) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.plan", description=(__doc__ or "").split("\n", 1)[0]
+        prog="python -m tools.plan", description=(__doc__ or "").split("\n", 1)[0]
     )
     parser.add_argument("stack", help="the stack: reads stacks/Pulumi.<stack>.yaml")
     parser.add_argument("--out", type=Path, help="write the host's files (redacted) here")
