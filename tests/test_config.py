@@ -10,9 +10,17 @@ import pytest
 
 from components import catalogue
 from components.config import (
+    AccessConfig,
     ConfigError,
+    HostConfig,
+    MirrorConfig,
+    ModelConfig,
+    NetworkConfig,
+    Problem,
     StackConfig,
+    TlsConfig,
     check_provided_certificate,
+    rules,
     validate,
 )
 from tests.harness import USER_VALUES, merged, stack_config, stack_file
@@ -529,3 +537,61 @@ def test_provided_mode_refuses_a_mismatched_key_through_the_stack() -> None:
         ("vllm-gcp:tlsCertificate", "does not match tlsPrivateKey")
     ]
     assert other_key not in str(caught.value)
+
+
+# The cross-field rules, called directly: each returns exactly the problems it finds.
+
+PREPARED_IMAGE = "projects/my-project/global/images/family/vllm-host"
+
+
+def test_the_machine_rule_refuses_a_zone_without_the_gpu_and_accepts_one_with_it() -> None:
+    host = HostConfig()
+    (problem,) = rules.check_machine(host, "europe-west1-b")
+    assert problem.key == "gcp:zone"
+    assert problem.message.startswith(
+        "europe-west1-b is not known to offer NVIDIA A100 80GB (a2-ultragpu-2g) as of "
+    )
+    assert problem.message.endswith(
+        "set `pulumi config set --path vllm-gcp:host.skipZoneCheck true`"
+    )
+    assert rules.check_machine(host, "us-central1-a") == []
+    assert rules.check_machine(HostConfig(skip_zone_check=True), "europe-west1-b") == []
+
+
+def test_the_letsencrypt_rule_needs_a_domain() -> None:
+    without_domain = TlsConfig(mode="letsencrypt", email="ops@example.com")
+    assert rules.check_letsencrypt(without_domain) == [
+        Problem("vllm-gcp:tls.domain", "required for letsencrypt: a name that resolves to the IP")
+    ]
+    complete = TlsConfig(mode="letsencrypt", domain="llm.example.com", email="ops@example.com")
+    assert rules.check_letsencrypt(complete) == []
+
+
+def test_the_private_mode_rule_needs_a_prepared_image() -> None:
+    private = NetworkConfig(exposure="private")
+    access = AccessConfig(api_cidrs=["10.0.0.0/8"], ssh_cidrs=["10.0.0.0/8"])
+    model = ModelConfig(source="gcs", gcs_uri="gs://weights-bucket/mistral-small")
+    mirror = MirrorConfig(docker_remote=True)
+    (problem,) = rules.check_private_mode(private, access, TlsConfig(), model, mirror, HostConfig())
+    assert problem.key == "vllm-gcp:host.image"
+    assert "give host.image a prepared image" in problem.message
+    prepared = HostConfig(image=PREPARED_IMAGE)
+    assert rules.check_private_mode(private, access, TlsConfig(), model, mirror, prepared) == []
+    # A public endpoint needs none of it.
+    public = NetworkConfig()
+    assert rules.check_private_mode(public, None, None, ModelConfig(), MirrorConfig(), None) == []
+
+
+def test_the_model_fit_rule_needs_a_tensor_parallel_size_dividing_the_gpus() -> None:
+    assert rules.check_model_fit(ModelConfig(tensor_parallel_size=3), HostConfig()) == [
+        Problem(
+            "vllm-gcp:model.tensorParallelSize",
+            "3 does not divide the 2 GPU(s) of a2-ultragpu-2g; valid: 1, 2",
+        )
+    ]
+    assert rules.check_model_fit(ModelConfig(tensor_parallel_size=2), HostConfig()) == []
+
+
+def test_the_ssh_rule_reports_the_missing_sources_as_a_user_value() -> None:
+    assert rules.check_ssh_sources(AccessConfig()) == [rules.MISSING_SSH_CIDRS]
+    assert rules.check_ssh_sources(AccessConfig(ssh_cidrs=["198.51.100.7/32"])) == []

@@ -1,0 +1,435 @@
+"""Cross-field rules: what no single field can say on its own.
+
+Each rule takes the parsed sections it needs (None where a section did not parse, its problems
+already reported) and returns the problems it finds, each by its key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from components import catalogue
+from components.config.certificates import check_provided_certificate
+from components.config.problems import Problem, did_you_mean
+from components.config.schema import (
+    PROJECT,
+    ZONE_NAME,
+    AccessConfig,
+    ElasticConfig,
+    HostConfig,
+    MirrorConfig,
+    ModelConfig,
+    NetworkConfig,
+    TlsConfig,
+)
+
+# Flags the stack sets itself: overriding them in extraArgs would break the proxy or the key.
+_RESERVED_VLLM_FLAGS = ("--host", "--port", "--api-key", "--uds")
+# RFC 1918 and the shared address space (RFC 6598) that VPCs may use for subnets.
+_PRIVATE_RANGES = tuple(
+    ipaddress.IPv4Network(r)
+    for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+# Identity-Aware Proxy's TCP forwarding range: how operators reach a host with no external IP.
+IAP_TCP_FORWARDING_RANGE = "35.235.240.0/20"
+
+# A value the stack files leave to the user (the loader's hint names the command that sets it).
+MISSING_SSH_CIDRS = Problem(
+    f"{PROJECT}:access.sshCidrs",
+    "required, non-empty: the address(es) the deployer runs `pulumi up` from, "
+    "such as 203.0.113.7/32",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# The machine and its zone
+
+
+def check_machine(host: HostConfig, zone: str | None) -> list[Problem]:
+    """A catalogued GPU machine, provisioned as it is offered, in a zone known to offer its GPU."""
+    spec = catalogue.MACHINE_TYPES.get(host.machine_type)
+    if spec is None:
+        return [
+            Problem(
+                f"{PROJECT}:host.machineType",
+                f"{host.machine_type!r} is not a supported GPU machine type"
+                f"{did_you_mean(host.machine_type, catalogue.MACHINE_TYPES)} "
+                f"(supported: {', '.join(sorted(catalogue.MACHINE_TYPES))})",
+            )
+        ]
+    found: list[Problem] = []
+    if spec.spot_only and host.provisioning != "spot":
+        found.append(
+            Problem(
+                f"{PROJECT}:host.provisioning",
+                f"{spec.name} is offered only as Spot; set it to spot or choose a3-highgpu-8g",
+            )
+        )
+    if zone and ZONE_NAME.match(zone) and zone not in spec.gpu.zones and not host.skip_zone_check:
+        found.append(
+            Problem(
+                "gcp:zone",
+                f"{zone} is not known to offer {spec.gpu.display_name} ({spec.name}) as of "
+                f"{catalogue.GPU_ZONES_AS_OF}; zones that do: {', '.join(sorted(spec.gpu.zones))}. "
+                f"If `gcloud compute accelerator-types list --filter=zone:{zone}` lists "
+                f"{spec.gpu.accelerator}, set `pulumi config set --path "
+                f"{PROJECT}:host.skipZoneCheck true`",
+            )
+        )
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# The model: its flags, and whether it fits the machine
+
+
+def check_model_flags(model: ModelConfig) -> list[Problem]:
+    """The tool-call parser, extraArgs, the image tag and the weights' source, on their own."""
+    key = f"{PROJECT}:model"
+    found: list[Problem] = []
+    parser = model.tool_call_parser
+    if parser is not None and parser != "none" and parser not in catalogue.TOOL_CALL_PARSERS:
+        found.append(
+            Problem(
+                f"{key}.toolCallParser",
+                f"{parser!r} is not a vLLM tool-call parser"
+                f"{did_you_mean(parser, catalogue.TOOL_CALL_PARSERS)} (valid: none, "
+                f"{', '.join(sorted(catalogue.TOOL_CALL_PARSERS))})",
+            )
+        )
+    for index, arg in enumerate(model.extra_args):
+        flag = arg.split("=", 1)[0]
+        if flag in _RESERVED_VLLM_FLAGS:
+            found.append(
+                Problem(
+                    f"{key}.extraArgs[{index}]",
+                    f"{flag} is set by the stack (vLLM listens on 127.0.0.1:8000 behind Nginx, "
+                    "with the stack's key); remove it",
+                )
+            )
+    tag = model.image.rpartition(":")[2]
+    if "@" not in model.image and tag == "latest":
+        found.append(
+            Problem(
+                f"{key}.image",
+                "'latest' moves under a running stack; pin a release such as "
+                f"{catalogue.DEFAULT_VLLM_IMAGE}",
+            )
+        )
+    if model.source == "gcs" and model.gcs_uri is None:
+        found.append(
+            Problem(f"{key}.gcsUri", "required when model.source is gcs (gs://bucket/prefix)")
+        )
+    if model.source != "gcs" and model.gcs_uri is not None:
+        found.append(
+            Problem(f"{key}.gcsUri", "is only read when model.source is gcs; set source: gcs")
+        )
+    return found
+
+
+def check_model_fit(model: ModelConfig, host: HostConfig) -> list[Problem]:
+    """Tensor parallelism, GPU memory, boot disk and driver for this model on this machine."""
+    spec = catalogue.MACHINE_TYPES.get(host.machine_type)
+    if spec is None:
+        return []  # check_machine reports the machine type
+    tensor_parallel = model.tensor_parallel_size or spec.gpu_count
+    if spec.gpu_count % tensor_parallel != 0:
+        divisors = [d for d in range(1, spec.gpu_count + 1) if spec.gpu_count % d == 0]
+        return [
+            Problem(
+                f"{PROJECT}:model.tensorParallelSize",
+                f"{tensor_parallel} does not divide the {spec.gpu_count} GPU(s) of {spec.name}; "
+                f"valid: {', '.join(str(d) for d in divisors)}",
+            )
+        ]
+    needed = catalogue.weights_gb(model.id)
+    return [
+        *_check_weights_fit(model, spec, tensor_parallel, needed),
+        *_check_boot_disk(host, model, spec, needed),
+        *_check_driver(model, host),
+    ]
+
+
+def _check_weights_fit(
+    model: ModelConfig, spec: catalogue.MachineSpec, tensor_parallel: int, needed: float | None
+) -> list[Problem]:
+    available = tensor_parallel * spec.gpu.memory_gb * model.gpu_memory_utilization
+    if needed is None or needed <= available * catalogue.MAX_WEIGHTS_SHARE:
+        return []
+    return [
+        Problem(
+            f"{PROJECT}:model.id",
+            f"{model.id} needs about {needed:.0f} GB for its bf16 weights; vLLM may use "
+            f"{available:.1f} GB ({tensor_parallel} x {spec.gpu.memory_gb} GB x "
+            f"{model.gpu_memory_utilization}), and the weights may take at most "
+            f"{catalogue.MAX_WEIGHTS_SHARE:.0%} of it to leave room for the KV cache; choose a "
+            "machine with more GPU memory, a higher tensorParallelSize or a smaller model",
+        )
+    ]
+
+
+def _check_boot_disk(
+    host: HostConfig, model: ModelConfig, spec: catalogue.MachineSpec, needed: float | None
+) -> list[Problem]:
+    # Without local SSD, the Hugging Face cache (the weights) lives on the boot disk too.
+    cache_on_boot_disk = spec.local_ssd_count == 0
+    minimum_disk = catalogue.BOOT_DISK_BASE_GB + (
+        round((needed or 0) * 1.1) if cache_on_boot_disk else 0
+    )
+    if host.boot_disk_gb >= minimum_disk:
+        return []
+    held = f" and {model.id}'s weights" if cache_on_boot_disk and needed else ""
+    return [
+        Problem(
+            f"{PROJECT}:host.bootDiskGb",
+            f"{host.boot_disk_gb} GB cannot hold the OS, the vLLM image{held}; "
+            f"give at least {minimum_disk}",
+        )
+    ]
+
+
+def _check_driver(model: ModelConfig, host: HostConfig) -> list[Problem]:
+    version = model.vllm_version
+    driver = catalogue.image_driver_major(host.image)
+    if (
+        version is None
+        or version < catalogue.FIRST_CUDA13_VLLM
+        or driver is None
+        or driver >= catalogue.MIN_DRIVER_FOR_CUDA13
+    ):
+        return []
+    return [
+        Problem(
+            f"{PROJECT}:model.image",
+            f"vLLM {'.'.join(map(str, version))} images are CUDA 13 builds that need NVIDIA "
+            f"driver {catalogue.MIN_DRIVER_FOR_CUDA13}+, but host.image carries {driver}; use "
+            f"the default host image or a vLLM release before 0.20",
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Who may reach the host, and private (air-gapped) mode
+
+
+def check_ssh_sources(access: AccessConfig) -> list[Problem]:
+    """SSH open to the deployer: at least one source, never the whole internet."""
+    found = [] if access.ssh_cidrs else [MISSING_SSH_CIDRS]
+    found += [
+        Problem(
+            f"{PROJECT}:access.sshCidrs[{index}]",
+            "0.0.0.0/0 opens SSH to the whole internet; give the deployer's "
+            "address, such as 203.0.113.7/32",
+        )
+        for index, cidr in enumerate(access.ssh_cidrs)
+        if cidr == "0.0.0.0/0"
+    ]
+    return found
+
+
+def check_network(network: NetworkConfig) -> list[Problem]:
+    """A subnet named with its VPC, and a private range for the subnet the stack makes."""
+    key = f"{PROJECT}:network"
+    found: list[Problem] = []
+    if network.subnet and not network.vpc:
+        found.append(Problem(f"{key}.subnet", "needs network.vpc, the VPC it belongs to"))
+    if not _is_private_range(network.subnet_cidr):
+        found.append(
+            Problem(f"{key}.subnetCidr", f"{network.subnet_cidr} is not a private (RFC 1918) range")
+        )
+    return found
+
+
+def check_private_mode(  # noqa: PLR0913, PLR0917 (each config section the rule reads)
+    network: NetworkConfig,
+    access: AccessConfig | None,
+    tls: TlsConfig | None,
+    model: ModelConfig | None,
+    mirror: MirrorConfig | None,
+    host: HostConfig | None,
+) -> list[Problem]:
+    """A private endpoint admits only private sources and needs nothing from the internet."""
+    if not network.private:
+        return []
+    return [
+        *([] if access is None else _check_private_sources(access)),
+        *([] if tls is None else _check_private_tls(tls)),
+        *_check_private_supplies(model, mirror, host),
+    ]
+
+
+def _is_private_range(cidr: str) -> bool:
+    network = ipaddress.IPv4Network(cidr)
+    return any(network.subnet_of(private) for private in _PRIVATE_RANGES)
+
+
+def _check_private_sources(access: AccessConfig) -> list[Problem]:
+    found: list[Problem] = []
+    for name, cidrs in (("apiCidrs", access.api_cidrs), ("sshCidrs", access.ssh_cidrs)):
+        for index, cidr in enumerate(cidrs):
+            if name == "sshCidrs" and cidr == IAP_TCP_FORWARDING_RANGE:
+                continue
+            if not _is_private_range(cidr):
+                found.append(
+                    Problem(
+                        f"{PROJECT}:access.{name}[{index}]",
+                        f"{cidr} is not a private range; a private endpoint admits only "
+                        "private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
+                        f"100.64.0.0/10), and SSH also {IAP_TCP_FORWARDING_RANGE} (IAP)",
+                    )
+                )
+    return found
+
+
+def _check_private_tls(tls: TlsConfig) -> list[Problem]:
+    if tls.mode != "letsencrypt":
+        return []
+    return [
+        Problem(
+            f"{PROJECT}:tls.mode",
+            "letsencrypt needs the host reachable from the internet on port 80, which a "
+            "private endpoint is not; use self-signed or provided",
+        )
+    ]
+
+
+def _check_private_supplies(
+    model: ModelConfig | None, mirror: MirrorConfig | None, host: HostConfig | None
+) -> list[Problem]:
+    """The weights, the vLLM image and the host's software, which a private host cannot fetch."""
+    found: list[Problem] = []
+    if model is not None and model.source != "gcs":
+        found.append(
+            Problem(
+                f"{PROJECT}:model.source",
+                "a private host cannot reach Hugging Face; stage the weights in Cloud Storage "
+                "and set source: gcs with gcsUri",
+            )
+        )
+    if mirror is not None and not mirror.docker_remote:
+        found.append(
+            Problem(
+                f"{PROJECT}:mirror.dockerRemote",
+                "a private host cannot pull from Docker Hub; set it to true (the vLLM image "
+                "then comes through an Artifact Registry remote repository)",
+            )
+        )
+    if host is not None and host.image == catalogue.DEFAULT_HOST_IMAGE:
+        found.append(
+            Problem(
+                f"{PROJECT}:host.image",
+                "a private host cannot install the NVIDIA container toolkit: only NVIDIA's apt "
+                "repository publishes it and Artifact Registry cannot mirror it "
+                "(mirror.aptRemote covers the Ubuntu archive); give host.image a prepared "
+                "image with Docker, the NVIDIA container toolkit and Nginx",
+            )
+        )
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# TLS modes and the secrets they read
+
+
+def check_letsencrypt(tls: TlsConfig) -> list[Problem]:
+    """Let's Encrypt needs the name to certify and an address for expiry notices."""
+    if tls.mode != "letsencrypt":
+        return []
+    key = f"{PROJECT}:tls"
+    found: list[Problem] = []
+    if tls.domain is None:
+        found.append(
+            Problem(f"{key}.domain", "required for letsencrypt: a name that resolves to the IP")
+        )
+    if tls.email is None:
+        found.append(Problem(f"{key}.email", "required for letsencrypt (expiry notices)"))
+    return found
+
+
+def check_tls_secrets(
+    tls: TlsConfig, certificate_pem: str | None, key_pem: str | None
+) -> list[Problem]:
+    """Provided mode: a domain, a certificate and key that belong together; else neither secret."""
+    given = (("tlsCertificate", certificate_pem), ("tlsPrivateKey", key_pem))
+    if tls.mode != "provided":
+        return [
+            Problem(f"{PROJECT}:{name}", "is only read when tls.mode is provided")
+            for name, value in given
+            if value is not None
+        ]
+    found: list[Problem] = []
+    if tls.domain is None:
+        found.append(
+            Problem(
+                f"{PROJECT}:tls.domain", "required for provided: the name the certificate covers"
+            )
+        )
+    found += [
+        Problem(
+            f"{PROJECT}:{name}",
+            f"required for provided: pulumi config set --secret {PROJECT}:{name} "
+            f"< {'server.crt' if name == 'tlsCertificate' else 'server.key'}",
+        )
+        for name, value in given
+        if value is None
+    ]
+    if certificate_pem is None or key_pem is None:
+        return found
+    found += [
+        Problem(f"{PROJECT}:tlsCertificate", problem)
+        for problem in check_provided_certificate(certificate_pem, key_pem, tls.domain)
+    ]
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# Elastic
+
+
+def check_elastic(elastic: ElasticConfig | None, kibana_api_key: str | None) -> list[Problem]:
+    """A Kibana URL needs the API key the connector is created with."""
+    if elastic is None or kibana_api_key is not None:
+        return []
+    return [
+        Problem(
+            f"{PROJECT}:kibanaApiKey",
+            f"required when elastic.kibanaUrl is set: pulumi config set --secret "
+            f"{PROJECT}:kibanaApiKey <a Kibana API key with the Actions and Connectors "
+            "All privilege>",
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Warnings: allowed, but worth saying
+
+
+def vllm_advisory_warnings(model: ModelConfig) -> list[str]:
+    """The known vulnerabilities of the configured vLLM release."""
+    version = model.vllm_version
+    advisories = [] if version is None else catalogue.advisories_for(version)
+    if not advisories:
+        return []
+    listed = "; ".join(f"{a.name} ({a.summary})" for a in advisories)
+    return [
+        f"{PROJECT}:model.image {model.image} carries known vulnerabilities: {listed}. "
+        f"Pin {catalogue.DEFAULT_VLLM_IMAGE} or later unless you must match a tested setup"
+    ]
+
+
+def unused_secret_warnings(
+    model: ModelConfig | None,
+    elastic: ElasticConfig | None,
+    hugging_face_token: str | None,
+    kibana_api_key: str | None,
+) -> list[str]:
+    """Secrets set but not read by this configuration."""
+    found: list[str] = []
+    if model is not None and model.source == "gcs" and hugging_face_token is not None:
+        found.append(f"{PROJECT}:huggingFaceToken is unused: weights come from {model.gcs_uri}")
+    if elastic is None and kibana_api_key is not None:
+        found.append(
+            f"{PROJECT}:kibanaApiKey is unused: elastic.kibanaUrl is not set (keep it until a "
+            "connector an earlier `pulumi up` made is deleted: deleting it needs the key)"
+        )
+    return found

@@ -1,0 +1,261 @@
+"""The model tree of the stack configuration: sections, field types and their validators.
+
+Exactly the keys of the configuration contract (README, Configuration), camelCase in the stack
+file. What one field can check on its own is checked here; what needs several is in `rules`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import pulumi
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from components import catalogue
+
+PROJECT = "vllm-gcp"
+
+# ------------------------------------------------------------------------------------------------
+# Field types
+
+
+def _cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR range such as 203.0.113.7/32") from None
+    if network.version != 4:  # noqa: PLR2004 (IP version 4)
+        raise ValueError(f"{value!r} is IPv6; give IPv4 ranges such as 203.0.113.7/32")
+    if str(network) != value and f"{value}/32" != str(network):
+        raise ValueError(f"{value!r} has host bits set; did you mean {network}?")
+    return str(network)
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_IMAGE_REF = re.compile(
+    r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$"
+)
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_GCS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
+_SPACE_ID = re.compile(r"^[a-z0-9_-]+$")
+_JUMP_HOST = re.compile(r"^[a-z_][a-z0-9_-]{0,31}@[A-Za-z0-9.-]+(:\d{1,5})?$")
+ZONE_NAME = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
+# A GCE image by project and name or family (projects/P/global/images/[family/]NAME), the forms
+# components/host.py resolves and the provider's DiskImageDiffSuppress compares.
+HOST_IMAGE = re.compile(
+    r"(?:https://www\.googleapis\.com/compute/v1/)?projects/(?P<project>[a-z][-a-z0-9.:]*[a-z0-9])"
+    r"/global/images/(?P<family>family/)?(?P<name>[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)"
+)
+
+
+def _ssh_user(value: str) -> str:
+    if not _LINUX_USER.match(value):
+        raise ValueError(f"{value!r} is not a Linux user name such as vllm")
+    if value == "root":
+        raise ValueError("root cannot log in over SSH on GCE images; use a user such as vllm")
+    return value
+
+
+def _host_image(value: str) -> str:
+    if not HOST_IMAGE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an image reference; give "
+            "projects/PROJECT/global/images/family/FAMILY (the family's newest image when the VM "
+            "is created) or projects/PROJECT/global/images/IMAGE"
+        )
+    return value
+
+
+def _hostname(value: str) -> str:
+    lowered = value.lower().rstrip(".")
+    if not _HOSTNAME.match(lowered):
+        raise ValueError(f"{value!r} is not a DNS name such as llm.example.com")
+    return lowered
+
+
+def _pattern(regex: re.Pattern[str], example: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(f"{value!r} is not valid; expected something like {example}")
+        return value
+
+    return check
+
+
+# ------------------------------------------------------------------------------------------------
+# The sections
+
+
+class Section(BaseModel):
+    """One `vllm-gcp:<section>` object: camelCase keys, unknown keys refused, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class HostConfig(Section):
+    machine_type: str = "a2-ultragpu-2g"
+    boot_disk_gb: int = Field(default=500, ge=50, le=65536)
+    provisioning: Literal["standard", "spot"] = "standard"
+    image: Annotated[str, AfterValidator(_host_image)] = catalogue.DEFAULT_HOST_IMAGE
+    ssh_user: Annotated[str, AfterValidator(_ssh_user)] = "vllm"
+    skip_zone_check: bool = False
+
+    @property
+    def machine(self) -> catalogue.MachineSpec:
+        return catalogue.MACHINE_TYPES[self.machine_type]
+
+
+class ModelConfig(Section):
+    id: Annotated[
+        str, AfterValidator(_pattern(_MODEL_ID, "mistralai/Mistral-Small-3.2-24B-Instruct-2506"))
+    ] = "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
+    served_name: str | None = Field(default=None, min_length=1)
+    revision: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./-]{1,255}$")
+    image: Annotated[str, AfterValidator(_pattern(_IMAGE_REF, catalogue.DEFAULT_VLLM_IMAGE))] = (
+        catalogue.DEFAULT_VLLM_IMAGE
+    )
+    tool_call_parser: str | None = None
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
+    max_model_len: int | None = Field(default=None, ge=256)
+    extra_args: list[str] = Field(default_factory=list)
+    source: Literal["huggingface", "gcs"] = "huggingface"
+    gcs_uri: (
+        Annotated[str, AfterValidator(_pattern(_GCS_URI, "gs://my-bucket/models/mistral"))] | None
+    ) = None
+
+    @property
+    def family(self) -> catalogue.ModelFamily | None:
+        return catalogue.family_of(self.id)
+
+    @property
+    def served_model_name(self) -> str:
+        return self.served_name or self.id
+
+    @property
+    def effective_tool_call_parser(self) -> str | None:
+        """The parser vLLM uses, or None when tool calling is off."""
+        if self.tool_call_parser == "none":
+            return None
+        if self.tool_call_parser is not None:
+            return self.tool_call_parser
+        family = self.family
+        return None if family is None else family.tool_call_parser
+
+    @property
+    def vllm_version(self) -> tuple[int, int, int] | None:
+        return catalogue.vllm_version(self.image)
+
+
+class AccessConfig(Section):
+    api_cidrs: list[Cidr] = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)
+    ssh_cidrs: list[Cidr] = Field(default_factory=list)
+
+
+class NetworkConfig(Section):
+    exposure: Literal["public", "private"] = "public"
+    vpc: str | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9/]*[a-z0-9])?$")
+    subnet: str | None = Field(default=None, pattern=r"^[a-z]([-a-z0-9/]*[a-z0-9])?$")
+    subnet_cidr: Cidr = "10.42.0.0/24"
+    ssh_jump_host: (
+        Annotated[str, AfterValidator(_pattern(_JUMP_HOST, "admin@bastion.internal"))] | None
+    ) = None
+
+    @property
+    def private(self) -> bool:
+        return self.exposure == "private"
+
+
+class MirrorConfig(Section):
+    docker_remote: bool = False
+    apt_remote: bool = False
+
+
+class TlsConfig(Section):
+    mode: Literal["self-signed", "letsencrypt", "provided"] = "self-signed"
+    domain: Annotated[str, AfterValidator(_hostname)] | None = None
+    email: Annotated[str, AfterValidator(_pattern(_EMAIL, "ops@example.com"))] | None = None
+
+
+class ElasticConfig(Section):
+    kibana_url: Annotated[
+        str,
+        AfterValidator(
+            _pattern(
+                re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "https://my-deployment.kb.example.com"
+            )
+        ),
+    ]
+    space: Annotated[str, AfterValidator(_pattern(_SPACE_ID, "default"))] = "default"
+    connector_name: str | None = Field(default=None, min_length=1, max_length=200)
+    verify: bool = True
+
+    @property
+    def base_url(self) -> str:
+        return self.kibana_url.rstrip("/")
+
+
+# ------------------------------------------------------------------------------------------------
+# The validated stack
+
+# The secret keys of the namespace, as the stack file names them. StackSecrets holds those the
+# program reads; the Kibana connector's provider reads kibanaApiKey itself (its configure()).
+SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey", "huggingFaceToken", "kibanaApiKey")
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    """Secret configuration values, kept as secret Outputs from the moment they are read."""
+
+    tls_certificate: pulumi.Output[str] | None = None
+    tls_private_key: pulumi.Output[str] | None = None
+    hugging_face_token: pulumi.Output[str] | None = None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The validated configuration of one stack."""
+
+    project: str
+    zone: str
+    stack: str
+    host: HostConfig
+    model: ModelConfig
+    access: AccessConfig
+    network: NetworkConfig
+    mirror: MirrorConfig
+    tls: TlsConfig
+    elastic: ElasticConfig | None
+    secrets: StackSecrets = field(default_factory=StackSecrets)
+
+    @property
+    def region(self) -> str:
+        return self.zone.rsplit("-", 1)[0]
+
+    @property
+    def machine(self) -> catalogue.MachineSpec:
+        return self.host.machine
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return self.model.tensor_parallel_size or self.machine.gpu_count
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """GCE labels naming the project and stack (lowercase, at most 63 characters)."""
+        return {"app": PROJECT, "stack": _label_value(self.stack)}
+
+
+def _label_value(value: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
