@@ -1,24 +1,23 @@
 """vllm-gcp: a private, OpenAI-compatible LLM endpoint on Google Cloud for Elastic's AI features.
 
-Config in, components built, outputs exported (the outputs contract in DESIGN.md).
+Config in, components built (each from what the ones before it made), outputs exported (the
+outputs contract in the README).
 """
 
 import pulumi
 
 from components import config
 from components.elastic import ElasticIntegration, ElasticIntegrationArgs
-from components.host import GPU_CHECK_IMAGE, AptMirror, GpuHost, GpuHostArgs
-from components.mirror import Mirror, MirrorArgs, mirror_layout
+from components.host import GpuHost, GpuHostArgs
+from components.host_bundle import GPU_CHECK_IMAGE
+from components.identity import HostIdentity, HostIdentityArgs
+from components.mirror import Mirror, MirrorArgs
 from components.network import Network, NetworkArgs
-from components.remote_access import connection
 from components.services import ProjectServices, ProjectServicesArgs
 from components.tls_proxy import TlsProxy, TlsProxyArgs
 from components.vllm_server import VllmServer, VllmServerArgs
 
 stack = config.load()
-# The mirrors' names are known before they exist: the host's startup script needs them, and the
-# mirrors' read grants need the host's service account.
-mirrors = mirror_layout("vllm", stack.mirror, stack.project, stack.region)
 
 # Every component that calls a Google API waits until the APIs are on (depends_on below).
 services = ProjectServices(
@@ -30,6 +29,7 @@ services = ProjectServices(
         gcs_weights=stack.model.source == "gcs",
     ),
 )
+apis_on = pulumi.ResourceOptions(depends_on=services.services)
 
 network = Network(
     "vllm",
@@ -39,7 +39,19 @@ network = Network(
         tls_mode=stack.tls.mode,
         region=stack.region,
     ),
-    pulumi.ResourceOptions(depends_on=services.services),
+    apis_on,
+)
+identity = HostIdentity("vllm", HostIdentityArgs(stack=stack.stack), apis_on)
+mirror = Mirror(
+    "vllm",
+    MirrorArgs(
+        mirror=stack.mirror,
+        model=stack.model,
+        project=stack.project,
+        region=stack.region,
+        service_account_email=identity.email,
+    ),
+    apis_on,
 )
 host = GpuHost(
     "vllm",
@@ -51,37 +63,22 @@ host = GpuHost(
         internal_address=network.internal_address,
         external_address=network.external_address,
         network_tag=network.host_tag,
-        gpu_check_image=mirrors.image(GPU_CHECK_IMAGE),
-        docker_registry_host=mirrors.registry_host,
-        apt_mirror=(
-            AptMirror(mirrors.apt_host, mirrors.apt_repositories)
-            if mirrors.apt_host and mirrors.apt_repositories
-            else None
-        ),
+        service_account_email=identity.email,
+        gpu_check_image=mirror.image(GPU_CHECK_IMAGE),
+        docker_registry_host=mirror.registry_host,
+        apt_mirror=mirror.apt_mirror,
+        ssh_jump_host=stack.network.ssh_jump_host,
     ),
-    pulumi.ResourceOptions(depends_on=services.services),
-)
-mirror = Mirror(
-    "vllm",
-    MirrorArgs(
-        mirror=stack.mirror,
-        model=stack.model,
-        project=stack.project,
-        region=stack.region,
-        service_account_email=host.service_account_email,
-    ),
-    pulumi.ResourceOptions(depends_on=services.services),
-)
-ssh = connection(
-    host.ssh_address, stack.host.ssh_user, host.ssh_private_key, stack.network.ssh_jump_host
+    apis_on,
 )
 server = VllmServer(
     "vllm",
     VllmServerArgs(
         model=stack.model,
         tensor_parallel_size=stack.tensor_parallel_size,
-        connection=ssh,
+        connection=host.connection,
         instance_id=host.instance_id,
+        host_ready=host.ready,
         hugging_face_token=stack.secrets.hugging_face_token,
         image=mirror.vllm_image,
         registry_host=mirror.registry_host,
@@ -94,9 +91,9 @@ proxy = TlsProxy(
     TlsProxyArgs(
         tls=stack.tls,
         access=stack.access,
-        connection=ssh,
+        connection=host.connection,
         instance_id=host.instance_id,
-        host_ready=server.host_ready,
+        host_ready=host.ready,
         api_key=server.api_key,
         address=host.endpoint_address,
         provided_certificate=stack.secrets.tls_certificate,

@@ -4,7 +4,7 @@ Not a test: a measurement to run by hand and record (README, "The TLS proxy").
 
     venv/bin/python -m benchmarks.proxy_bench [--seconds 2] [--samples 200]
 
-The upstream is the OpenAI stand-in (tests/standins) in its own process; the proxy is the real
+The upstream is the OpenAI stand-in (tools/standins) in its own process; the proxy is the real
 Nginx with the site the host gets (TLS, token check, keep-alive to the upstream). The client is a
 minimal HTTP/1.1 one on raw sockets, so its own cost stays small next to what it measures.
 
@@ -40,6 +40,8 @@ TOKENS_PER_REPLY = 16
 # Upstream generation time per reply: 0 shows the proxy's whole cost per request; 20 ms is still
 # far quicker than a real model (hundreds of ms), so the second run bounds the real-world cost.
 REPLY_MS = (0.0, 20.0)
+# Fields of the site's access log line, split on spaces (nginx_own_time_ms).
+LOG_STATUS, LOG_REQUEST_TIME, LOG_UPSTREAM_TIME = 6, 9, 10
 
 
 def _request(path: str, body: dict[str, object]) -> bytes:
@@ -186,9 +188,11 @@ def nginx_own_time_ms(access_log: str) -> float:
     Fields of the site's log format: ... status bytes request_length request_time upstream_time.
     """
     own = [
-        float(fields[9]) - float(fields[10])
+        float(fields[LOG_REQUEST_TIME]) - float(fields[LOG_UPSTREAM_TIME])
         for fields in (line.split() for line in access_log.splitlines())
-        if len(fields) > 10 and fields[6] == "200" and fields[10] != "-"
+        if len(fields) > LOG_UPSTREAM_TIME
+        and fields[LOG_STATUS] == "200"
+        and fields[LOG_UPSTREAM_TIME] != "-"
     ]
     return statistics.mean(own) * 1000 if own else float("nan")
 

@@ -192,10 +192,6 @@ class MachineSpec:
     local_ssd_count: int  # 375 GB partitions bundled with the machine type
     spot_only: bool = False  # offered only as Spot (or Flex-start), never on demand
 
-    @property
-    def gpu_memory_gb(self) -> int:
-        return self.gpu.memory_gb * self.gpu_count
-
 
 # Zones per GPU model, as Google's "GPU regions and zones availability" page
 # (compute/docs/gpus/gpu-regions-zones) is mirrored by SkyPilot's catalogue
@@ -343,7 +339,7 @@ def _machines() -> dict[str, MachineSpec]:
         specs.append(MachineSpec(f"a2-ultragpu-{count}g", A100_80GB, count, count))
         # A3 High below 8 GPUs is sold only as Spot or Flex-start.
         specs.append(
-            MachineSpec(f"a3-highgpu-{count}g", H100_80GB, count, 2 * count, spot_only=count < 8)
+            MachineSpec(f"a3-highgpu-{count}g", H100_80GB, count, 2 * count, spot_only=count < 8)  # noqa: PLR2004 (8 GPUs, as the comment above says)
         )
     specs.append(MachineSpec("a2-megagpu-16g", A100_40GB, 16, 0))
     for vcpus, count in ((4, 1), (8, 1), (12, 1), (16, 1), (24, 2), (32, 1), (48, 4), (96, 8)):

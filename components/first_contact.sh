@@ -14,33 +14,52 @@
 #
 # stdin: the stack's private key (OpenSSH format). It is written to a file of mode 0600 in a
 # private temporary directory removed on exit: never on a command line, in the environment or in
-# the output. The jump host authenticates the operator as for the remote steps: the SSH agent
-# (SSH_AUTH_SOCK) or the operator's default keys. Its host key is checked against the operator's
-# known_hosts (a new one is learnt, a changed one refused); the GPU host's is not checked (a new VM,
-# as pulumi-command does not check it either).
+# the output; the GPU host is offered that key only (IdentitiesOnly, no agent).
 #
-# Portable: macOS's bash 3.2 and Linux's bash; no GNU timeout (each attempt is bounded here).
-# For tests: VLLM_GCP_{DEADLINE,ATTEMPT,RETRY}_SECONDS override the waits.
+# The jump host is offered the operator's SSH agent's keys (SSH_AUTH_SOCK) and nothing else, as the
+# remote steps offer it: pulumi-command's proxy has no key in this program and adds agent signers
+# only (connection.go SSHConfig), so a jump host that takes only a default key file (~/.ssh/id_*)
+# would pass here and then fail every remote step. Hence: no agent, or an agent without keys, stops
+# before any dial; the jump hop reads `IdentityFile none` (no default key files, the agent still
+# used); and the jump host refusing the agent's keys stops at once (waiting will not change them),
+# while the GPU host refusing the stack's key is retried (the guest agent installs it after boot).
+# The jump host's host key is checked against the operator's known_hosts (a new one is learnt, a
+# changed one refused); the GPU host's is not checked (a new VM, as pulumi-command does not check
+# it either).
+#
+# Portable: macOS's bash 3.2 and Linux's bash; no GNU timeout (each command is bounded here).
+# For tests: VLLM_GCP_{DEADLINE,ATTEMPT,RETRY,AGENT}_SECONDS override the waits.
 set -euo pipefail
 umask 077
 
-readonly TARGET_HOST='{{ HOST }}'
-readonly TARGET_USER='{{ USER }}'
-readonly TARGET_PORT='{{ PORT }}'
-readonly JUMP_HOST='{{ JUMP_HOST }}'
-readonly DEFAULT_DEADLINE_SECONDS='{{ DEADLINE_SECONDS }}'
+readonly TARGET_HOST={{ shell:HOST }}
+readonly TARGET_USER={{ shell:USER }}
+readonly TARGET_PORT={{ shell:PORT }}
+readonly JUMP_HOST={{ shell:JUMP_HOST }}
+readonly DEFAULT_DEADLINE_SECONDS={{ shell:DEADLINE_SECONDS }}
 readonly DEADLINE_SECONDS="${VLLM_GCP_DEADLINE_SECONDS:-$DEFAULT_DEADLINE_SECONDS}"
 # One attempt: the TCP connects (jump host, then host through it) and the handshake.
 readonly ATTEMPT_SECONDS="${VLLM_GCP_ATTEMPT_SECONDS:-45}"
 readonly CONNECT_TIMEOUT_SECONDS=15
 readonly RETRY_SECONDS="${VLLM_GCP_RETRY_SECONDS:-5}"
+# Listing the agent's keys: a local socket, which answers at once or not at all.
+readonly AGENT_SECONDS="${VLLM_GCP_AGENT_SECONDS:-10}"
 readonly TARGET="${TARGET_USER}@${TARGET_HOST}"
+# user@host[:port] (components/remote_access.py checks the form). The jump's ssh matches `Host`
+# against the name as given; it names the jump host `user@host` in its errors, the name lowercased
+# ("ops@bastion.internal: Permission denied (publickey).").
+readonly JUMP_USER="${JUMP_HOST%%@*}"
+JUMP_NAME="${JUMP_HOST#*@}"
+readonly JUMP_NAME="${JUMP_NAME%%:*}"
+JUMP_LOGIN="${JUMP_USER}@$(printf '%s' "$JUMP_NAME" | tr '[:upper:]' '[:lower:]')"
+readonly JUMP_LOGIN
 
 work_dir=""
-ssh_pid=""
+child_pid=""
 key_file=""
 config_file=""
 attempt_log=""
+agent_log=""
 
 log() {
   printf '[first contact] %s\n' "$*"
@@ -52,12 +71,79 @@ fail() {
 }
 
 cleanup() {
-  if [ -n "$ssh_pid" ]; then
-    kill -TERM "$ssh_pid" 2>/dev/null || true
+  if [ -n "$child_pid" ]; then
+    kill -TERM "$child_pid" 2>/dev/null || true
   fi
   if [ -n "$work_dir" ]; then
     rm -rf -- "$work_dir"
   fi
+}
+
+# "$@" with no stdin, its output in the file $1, for at most $2 whole seconds: its status, or 143
+# when it ran out of time. Without GNU timeout: a subshell runs the command and tells the watchdog
+# its pid, then its end, through a pipe; the watchdog stops it if the limit passes first. This
+# shell signals neither while it runs on: a subshell that a signal reaches before it has run a
+# line of its own runs the traps it inherited (here: exit, then cleanup, which removes the key and
+# the config the next command needs), and a quick command (ssh-add) can end that early.
+run_bounded() {
+  local output=$1 limit=$2 status=0
+  shift 2
+  (
+    "$@" </dev/null >"$output" 2>&1 &
+    printf '%s\n' "$!"
+    ended=0
+    wait "$!" || ended=$?
+    printf 'done %s\n' "$ended"
+  ) | watchdog "$limit" &
+  child_pid=$!
+  wait "$child_pid" || status=$?
+  child_pid=""
+  return "$status"
+}
+
+# The pipeline's end for run_bounded: the command's pid, then "done <status>" within $1 s, or the
+# command is stopped (TERM, KILL 2 s later). Its status: the command's, or 143 when it ran out of
+# time. A TERM (cleanup, when the script is stopped) stops the command too.
+watchdog() {
+  local pid="" line=""
+  trap - EXIT INT HUP
+  trap 'if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null; fi; exit 143' TERM
+  IFS= read -r pid || return 1
+  if IFS= read -r -t "$1" line; then
+    return "${line#done }"
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! IFS= read -r -t 2 line; then
+    kill -KILL "$pid" 2>/dev/null || true
+    IFS= read -r line || true
+  fi
+  return 143
+}
+
+# The file's last line that is not blank, without a CR.
+last_line() {
+  sed -e 's/\r$//' -e '/^[[:space:]]*$/d' "$1" | tail -n 1
+}
+
+# The remote steps reach the jump host with the agent's keys only: without one, stop here.
+check_agent() {
+  local status=0 said keys
+  local advice="the remote steps reach the jump host ${JUMP_HOST} with your SSH agent's keys only (SSH_AUTH_SOCK; no key file is read for it): start an agent, run ssh-add <key> with a key the jump host accepts, then run pulumi up again"
+  if [ -z "${SSH_AUTH_SOCK:-}" ]; then
+    fail "no SSH agent (SSH_AUTH_SOCK is not set): ${advice}"
+  fi
+  command -v ssh-add >/dev/null 2>&1 ||
+    fail "no ssh-add on PATH to list your SSH agent's keys: ${advice}"
+  run_bounded "$agent_log" "$AGENT_SECONDS" ssh-add -l || status=$?
+  said="$(last_line "$agent_log")"
+  case "$status" in
+    0) ;;
+    1) fail "your SSH agent (SSH_AUTH_SOCK) holds no key (ssh-add -l: ${said:-status 1}): ${advice}" ;;
+    143 | 137) fail "your SSH agent (SSH_AUTH_SOCK) did not list its keys within ${AGENT_SECONDS} s (ssh-add -l): ${advice}" ;;
+    *) fail "your SSH agent (SSH_AUTH_SOCK) does not answer (ssh-add -l: ${said:-status ${status}}): ${advice}" ;;
+  esac
+  keys="$(grep -c . "$agent_log" || true)"
+  log "the jump host ${JUMP_HOST} is offered your SSH agent's keys only (${keys} listed by ssh-add -l), as the remote steps offer it"
 }
 
 prepare() {
@@ -67,6 +153,8 @@ prepare() {
   key_file="${work_dir}/key"
   config_file="${work_dir}/ssh_config"
   attempt_log="${work_dir}/attempt.log"
+  agent_log="${work_dir}/agent.log"
+  check_agent
   # umask 077: the file is created with mode 0600; the key goes from stdin to it, nowhere else.
   cat >"$key_file"
   chmod 0600 "$key_file"
@@ -77,10 +165,17 @@ prepare() {
   if [ -n "$(tail -c 1 "$key_file")" ]; then
     printf '\n' >>"$key_file"
   fi
-  # ssh passes -F on to the ssh it runs for the jump host (-J): these settings hold for both
-  # hops, the command-line options below for the host only. No prompt, no shared connection,
-  # bounded connects; the operator's own ssh_config is not read (pulumi-command reads none).
+  # ssh passes -F on to the ssh it runs for the jump host (-J: `ssh -l user -p port -F file -W
+  # host:port jump`), which matches `Host <jump>` and `Host *`; the command-line options of
+  # attempt() hold for the GPU host only. The jump hop: the agent's keys, no key file (`none`
+  # skips the default ~/.ssh/id_* files and keeps the agent). Both: no prompt, no shared
+  # connection, bounded connects; the operator's own ssh_config is not read (pulumi-command
+  # reads none).
   cat >"$config_file" <<EOF
+Host ${JUMP_NAME}
+  IdentityFile none
+  IdentitiesOnly no
+  IdentityAgent SSH_AUTH_SOCK
 Host *
   BatchMode yes
   ConnectTimeout ${CONNECT_TIMEOUT_SECONDS}
@@ -93,33 +188,33 @@ EOF
 }
 
 # One fresh dial: ssh's output in $attempt_log; its status, or 143 when the attempt ran out of time.
+# The GPU host is offered the stack's key only: no agent, no default key files.
 attempt() {
-  local watchdog status=0
-  ssh -F "$config_file" -J "$JUMP_HOST" -p "$TARGET_PORT" -l "$TARGET_USER" -i "$key_file" \
-    -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-    -o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR -n -T "$TARGET_HOST" true \
-    </dev/null >"$attempt_log" 2>&1 &
-  ssh_pid=$!
-  # The per-attempt limit, without GNU timeout: a watchdog that stops ssh if it is still running.
-  # Its sleeps run in the background so that its TERM trap (ssh ended first) acts at once.
-  (
-    sleeper=""
-    trap 'if [ -n "$sleeper" ]; then kill "$sleeper" 2>/dev/null; fi; exit 0' TERM
-    sleep "$ATTEMPT_SECONDS" &
-    sleeper=$!
-    wait "$sleeper"
-    kill -TERM "$ssh_pid" 2>/dev/null
-    sleep 2 &
-    sleeper=$!
-    wait "$sleeper"
-    kill -KILL "$ssh_pid" 2>/dev/null
-  ) </dev/null >/dev/null 2>&1 &
-  watchdog=$!
-  wait "$ssh_pid" || status=$?
-  ssh_pid=""
-  kill -TERM "$watchdog" 2>/dev/null || true
-  wait "$watchdog" 2>/dev/null || true
-  return "$status"
+  run_bounded "$attempt_log" "$ATTEMPT_SECONDS" \
+    ssh -F "$config_file" -J "$JUMP_HOST" -p "$TARGET_PORT" -l "$TARGET_USER" -i "$key_file" \
+    -o IdentitiesOnly=yes -o IdentityAgent=none -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR \
+    -n -T "$TARGET_HOST" true
+}
+
+# The jump host's refusal of the agent's keys, as its ssh prints it: "<jump user@host>: Permission
+# denied (...)." (the GPU host's says "<user>@<its address>:"), or a disconnect for too many
+# failed keys (only the jump host can say so: the GPU host is offered one key, and its address
+# through the jump host reads UNKNOWN).
+jump_refusal() {
+  local line
+  while IFS= read -r line || [ -n "$line" ]; do
+    line="${line%$'\r'}"
+    case "$line" in
+      "${JUMP_LOGIN}: Permission denied"*) ;;
+      "Received disconnect from UNKNOWN "*) continue ;;
+      "Received disconnect from "*": Too many authentication failures"*) ;;
+      *) continue ;;
+    esac
+    printf '%s\n' "$line"
+    return 0
+  done <"$attempt_log"
+  return 1
 }
 
 # The attempt's last error line that says something: when the jump host's ssh fails, ssh adds
@@ -135,7 +230,7 @@ last_error_line() {
 }
 
 main() {
-  local attempts=0 status last=""
+  local attempts=0 status last="" refusal
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM HUP
@@ -161,8 +256,12 @@ main() {
     if grep -q "Host key verification failed" "$attempt_log"; then
       fail "the jump host ${JUMP_HOST} does not match its key in your known_hosts (Host key verification failed): check the key, then run pulumi up again"
     fi
+    # Nor will it change the keys the agent holds.
+    if refusal="$(jump_refusal)"; then
+      fail "the jump host ${JUMP_HOST} refused your SSH agent's keys (${refusal}): the remote steps reach it with the agent's keys only (SSH_AUTH_SOCK), as this did; run ssh-add <key> with a key ${JUMP_LOGIN} accepts (ssh-add -l lists the agent's keys), then run pulumi up again"
+    fi
     if [ "$SECONDS" -ge "$DEADLINE_SECONDS" ]; then
-      fail "gave up after ${SECONDS} s and ${attempts} attempts: ${TARGET} did not accept the stack's key through the jump host ${JUMP_HOST}. Last ssh error: ${last}. Check that your SSH agent holds a key the jump host accepts (ssh-add -l), that the jump host reaches ${TARGET_HOST} on port ${TARGET_PORT} (firewall, access.sshCidrs), and the VM's serial console (guest agent, sshd)."
+      fail "gave up after ${SECONDS} s and ${attempts} attempts: ${TARGET} did not accept the stack's key through the jump host ${JUMP_HOST}. Last ssh error: ${last}. Check that the jump host reaches ${TARGET_HOST} on port ${TARGET_PORT} (firewall, access.sshCidrs), and the VM's serial console (guest agent, sshd)."
     fi
     log "attempt ${attempts} (${SECONDS} s of ${DEADLINE_SECONDS} s): not yet: ${last}"
     sleep "$RETRY_SECONDS"

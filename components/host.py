@@ -1,53 +1,32 @@
-"""The GPU host: its service account, SSH key and the VM that boots ready for vLLM.
+"""The GPU host: its SSH key, the VM that boots ready for vLLM, and the first contact with it.
 
 The VM takes no model, vLLM, TLS or access setting, so changing those never touches its inputs:
-the startup script (scripts/startup.sh) depends only on the machine type and the mirrors it is
-given, and the workload is configured over SSH by the later components.
+its startup script (components/host_bundle.py) depends only on the machine type and the mirrors
+it is given. Once it exists, the host-ready step waits (over SSH) for the startup script's
+readiness marker; the later components configure the workload after that step.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 import pulumi_tls as tls
+from pulumi_command import local, remote
 
-from components import catalogue, host_paths, templates
+from components import catalogue
 from components.config import HOST_IMAGE, HostConfig
-
-# The readiness check's image (`docker run --gpus all IMAGE nvidia-smi`): the container toolkit
-# injects the host's nvidia-smi into any image, as NVIDIA's own sample workload shows, so a plain
-# Ubuntu image does (CUDA tags are removed from Docker Hub at their end of life). On Docker Hub,
-# so a Docker Hub remote repository can serve it to a private host.
-GPU_CHECK_IMAGE = "ubuntu:24.04"
+from components.host_bundle import AptMirror, host_ready_script, startup_script
+from components.remote_access import FIRST_DIAL_ATTEMPTS, connection, first_contact, host_step
 
 # Every machine type in the catalogue (A2, A3 High, G2) takes Balanced Persistent Disk as boot
 # disk ("Accelerator-optimized machine family", supported disk types); A3 Mega/Ultra, which
 # would need hyperdisk-balanced, are not in the catalogue.
 BOOT_DISK_TYPE = "pd-balanced"
-
-# Least privilege: the host writes its logs and metrics, nothing else project-wide. Access to
-# a mirror repository or a weights bucket is granted on that resource alone, elsewhere.
-HOST_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
-
-_SAFE_RENDERED_VALUE = re.compile(r"^[A-Za-z0-9_./:@+=-]*$")
-# The hosts the startup script hands the VM's access token to: Artifact Registry only.
-_DOCKER_REGISTRY_HOST = re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev$")
-_APT_MIRROR_HOST = re.compile(r"^[a-z0-9-]+-apt\.pkg\.dev$")
-_ACCOUNT_ID_MAX = 30
-_ACCOUNT_ID_MIN = 6
-
-
-@dataclass(frozen=True)
-class AptMirror:
-    """Artifact Registry remote repositories for the Ubuntu archive (components/mirror.py)."""
-
-    host: str  # REGION-apt.pkg.dev
-    sources: pulumi.Input[str]  # deb822 sources text naming the repositories
+HOST_READY_TIMEOUT_MINUTES = 30
+# The host-ready step was the vLLM server's before it was the host's: the alias keeps it.
+FORMER_HOST_READY_PARENT_TYPE = "vllm-gcp:vllm_server:VllmServer"
 
 
 @dataclass(frozen=True)
@@ -59,72 +38,14 @@ class GpuHostArgs:
     internal_address: pulumi.Input[str]
     external_address: pulumi.Input[str] | None  # None in private exposure: no access config
     network_tag: str
-    # Mirrors (components/mirror.py); the defaults use the internet. The readiness check's image
-    # is then the mirror's reference, pulled after logging Docker in to docker_registry_host.
-    gpu_check_image: str = GPU_CHECK_IMAGE
-    docker_registry_host: str | None = None
-    apt_mirror: AptMirror | None = None
-
-
-def service_account_id(name: str, stack: str) -> str:
-    """A valid account id (6-30 characters, [a-z][-a-z0-9]*[a-z0-9]) naming component and stack.
-
-    Too long a name keeps its start and gains a hash of the whole, so it stays unique per stack.
-    """
-    wanted = re.sub(r"[^a-z0-9-]+", "-", f"{name}-{stack}-host".lower()).strip("-")
-    if not wanted or not wanted[0].isalpha():
-        wanted = f"h-{wanted}"
-    if len(wanted) > _ACCOUNT_ID_MAX:
-        digest = hashlib.sha256(wanted.encode()).hexdigest()[:6]
-        wanted = f"{wanted[: _ACCOUNT_ID_MAX - len(digest) - 1].rstrip('-')}-{digest}"
-    return wanted.ljust(_ACCOUNT_ID_MIN, "0")
-
-
-def startup_script(
-    machine: catalogue.MachineSpec,
-    gpu_check_image: str = GPU_CHECK_IMAGE,
-    docker_registry_host: str | None = None,
-    apt_mirror_host: str | None = None,
-    apt_mirror_sources: str | None = None,
-) -> str:
-    """scripts/startup.sh for this machine (host properties and mirrors, never workload ones)."""
-    if docker_registry_host is not None and not _DOCKER_REGISTRY_HOST.match(docker_registry_host):
-        raise ValueError(f"{docker_registry_host!r} is not an Artifact Registry Docker host")
-    if (apt_mirror_host is None) != (apt_mirror_sources is None):
-        raise ValueError("an apt mirror needs both its host and its sources")
-    if apt_mirror_host is not None and not _APT_MIRROR_HOST.match(apt_mirror_host):
-        raise ValueError(f"{apt_mirror_host!r} is not an Artifact Registry apt host")
-    values = {
-        "GPU_COUNT": str(machine.gpu_count),
-        "DRIVER_BRANCH": str(catalogue.MIN_DRIVER_FOR_CUDA13),
-        "GPU_CHECK_IMAGE": gpu_check_image,
-        "DOCKER_REGISTRY_HOST": docker_registry_host or "",
-        "APT_SOURCES_MODE": "internet" if apt_mirror_host is None else "mirror",
-        "APT_MIRROR_HOST": apt_mirror_host or "",
-        # Base64: multi-line text travels as one plain word.
-        "APT_MIRROR_SOURCES_B64": base64.b64encode((apt_mirror_sources or "").encode()).decode(),
-        "STATE_DIR": host_paths.STATE_DIR,
-        "READY_MARKER": host_paths.READY_MARKER,
-        "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
-        "STARTUP_LOG": host_paths.STARTUP_LOG,
-        "CACHE_DIR": host_paths.CACHE_DIR,
-    }
-    for key, value in values.items():
-        # Values land inside double quotes in the script: nothing that could end or expand them.
-        if not _SAFE_RENDERED_VALUE.match(value):
-            raise ValueError(f"startup script value {key}={value!r} is not a plain word")
-    return templates.render("startup.sh", values)
-
-
-def _startup_script_input(machine: catalogue.MachineSpec, args: GpuHostArgs) -> pulumi.Input[str]:
-    if args.apt_mirror is None:
-        return startup_script(machine, args.gpu_check_image, args.docker_registry_host)
-    mirror_host = args.apt_mirror.host
-    return pulumi.Output.from_input(args.apt_mirror.sources).apply(
-        lambda sources: startup_script(
-            machine, args.gpu_check_image, args.docker_registry_host, mirror_host, sources
-        )
+    service_account_email: pulumi.Input[str]  # components/identity.py
+    # Mirrors (components/mirror.py); without them the host uses the internet.
+    gpu_check_image: (
+        str  # the readiness check's image, through the Docker mirror where there is one
     )
+    docker_registry_host: str | None = None
+    apt_mirror: pulumi.Input[AptMirror] | None = None
+    ssh_jump_host: str | None = None  # network.sshJumpHost: user@host[:port]
 
 
 def image_family(reference: str) -> tuple[str, str] | None:
@@ -162,18 +83,27 @@ def _scheduling(provisioning: str) -> gcp.compute.InstanceSchedulingArgs:
     )
 
 
+def _startup_script_input(machine: catalogue.MachineSpec, args: GpuHostArgs) -> pulumi.Input[str]:
+    if args.apt_mirror is None:
+        return startup_script(machine, args.gpu_check_image, args.docker_registry_host)
+    return pulumi.Output.from_input(args.apt_mirror).apply(
+        lambda apt: startup_script(machine, args.gpu_check_image, args.docker_registry_host, apt)
+    )
+
+
 class GpuHost(pulumi.ComponentResource):
-    """Service account, SSH key and the GPU VM."""
+    """SSH key, the GPU VM, the SSH connection to it and the step that waits until it is ready."""
 
     boot_image: pulumi.Output[str]
     instance_name: pulumi.Output[str]
     instance_id: pulumi.Output[str]
     ssh_private_key: pulumi.Output[str]
-    service_account_email: pulumi.Output[str]
     public_ip: pulumi.Output[str] | None
     private_ip: pulumi.Output[str]
-    ssh_address: pulumi.Output[str]
     endpoint_address: pulumi.Output[str]
+    connection: remote.ConnectionArgs
+    first_contact: local.Command | None  # only through a jump host
+    ready: remote.Command  # the startup script has prepared this boot: later steps wait for it
 
     def __init__(
         self, name: str, args: GpuHostArgs, opts: pulumi.ResourceOptions | None = None
@@ -182,23 +112,6 @@ class GpuHost(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         host = args.host
         machine = host.machine
-
-        account = gcp.serviceaccount.Account(
-            f"{name}-host-sa",
-            account_id=service_account_id(name, pulumi.get_stack()),
-            display_name=f"vllm-gcp GPU host ({pulumi.get_stack()})",
-            # Its account id is fixed: a replacement must delete first, or the create gets 409.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
-        for role in HOST_ROLES:
-            gcp.projects.IAMMember(
-                f"{name}-host-{role.split('/')[-1].replace('.', '-').lower()}",
-                project=account.project,
-                role=role,
-                member=account.member,
-                opts=child,
-            )
-        self.service_account_email = account.email
 
         ssh_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
         self.ssh_private_key = pulumi.Output.secret(ssh_key.private_key_openssh)
@@ -217,8 +130,7 @@ class GpuHost(pulumi.ComponentResource):
         # The provider cannot stop a VM with bundled local SSD (A2 Ultra, A3) for an in-place
         # update (terraform-provider-google#26173). Whether that applies depends on the CURRENT
         # VM, which the program cannot see (a2-ultragpu-2g -> g2-standard-8 would try to stop
-        # the A2 Ultra), so a machine type change always replaces the VM. A provisioning change
-        # alone keeps the machine type, so the new type is the current one and decides it.
+        # the A2 Ultra), so a machine type change always replaces the VM.
         # A provisioning change (standard <-> spot) replaces the VM on every machine type: the
         # provider marks scheduling.provisioning_model and .preemptible ForceNew
         # (google-beta v7.45.0 services/compute/resource_compute_instance.go).
@@ -229,7 +141,7 @@ class GpuHost(pulumi.ComponentResource):
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=self._boot_image(name, host.image, opts),
+                    image=self._boot_image(name, args, opts),
                     size=host.boot_disk_gb,
                     type=BOOT_DISK_TYPE,
                 ),
@@ -252,7 +164,7 @@ class GpuHost(pulumi.ComponentResource):
                 enable_integrity_monitoring=True,
             ),
             service_account=gcp.compute.InstanceServiceAccountArgs(
-                email=account.email,
+                email=args.service_account_email,
                 # The account's IAM roles are the guard; scopes only narrow it further.
                 scopes=["cloud-platform"],
             ),
@@ -303,8 +215,39 @@ class GpuHost(pulumi.ComponentResource):
         self.public_ip = None
         if args.external_address is not None:
             self.public_ip = pulumi.Output.from_input(args.external_address)
-        self.ssh_address = self.public_ip if self.public_ip is not None else self.private_ip
-        self.endpoint_address = self.ssh_address
+        self.endpoint_address = self.public_ip if self.public_ip is not None else self.private_ip
+
+        # The first step dials a VM that may still be booting; the later ones (self.connection)
+        # one that has answered.
+        first_connection = connection(
+            self.endpoint_address,
+            host.ssh_user,
+            self.ssh_private_key,
+            args.ssh_jump_host,
+            dial_attempts=FIRST_DIAL_ATTEMPTS,
+        )
+        self.connection = connection(
+            self.endpoint_address, host.ssh_user, self.ssh_private_key, args.ssh_jump_host
+        )
+        # Through a jump host, the first SSH is made by the system's client, afresh each attempt.
+        self.first_contact = first_contact(
+            f"{name}-first-contact",
+            connection=first_connection,
+            instance_id=self.instance_id,
+            parent=self,
+        )
+        self.ready = host_step(
+            f"{name}-host-ready",
+            connection=first_connection,
+            # Its own wait ends a little before the step's limit, so it reports the startup log
+            # before the limit cuts it off.
+            script=host_ready_script(timeout_seconds=(HOST_READY_TIMEOUT_MINUTES - 2) * 60),
+            instance_id=self.instance_id,
+            parent=self,
+            timeout_minutes=HOST_READY_TIMEOUT_MINUTES,
+            depends_on=[self.first_contact] if self.first_contact is not None else (),
+            aliases=[pulumi.Alias(parent=pulumi.create_urn(name, FORMER_HOST_READY_PARENT_TYPE))],
+        )
 
         self.register_outputs(
             {
@@ -312,16 +255,15 @@ class GpuHost(pulumi.ComponentResource):
                 "instanceName": self.instance_name,
                 "instanceId": self.instance_id,
                 "sshPrivateKey": self.ssh_private_key,
-                "serviceAccountEmail": self.service_account_email,
                 "publicIp": self.public_ip,
                 "privateIp": self.private_ip,
-                "sshAddress": self.ssh_address,
                 "endpointAddress": self.endpoint_address,
+                "ready": self.ready.stdout,
             }
         )
 
     def _boot_image(
-        self, name: str, reference: str, opts: pulumi.ResourceOptions | None
+        self, name: str, args: GpuHostArgs, opts: pulumi.ResourceOptions | None
     ) -> pulumi.Input[str]:
         """The concrete image the VM boots from: `host.image`, or its family's newest image when
         the VM was created, pinned.
@@ -334,9 +276,12 @@ class GpuHost(pulumi.ComponentResource):
         concrete image matches the state exactly. The family is resolved here and kept in a
         Stash, which saves the first value it gets and only then changes when it is replaced
         (pulumi's deploy/builtins.go: Update keeps "output"); replacement_trigger replaces it
-        when `host.image` changes. A newer image in the family then shows as an update of the
-        Stash's input alone, never as a change of the VM.
+        with everything in the configuration that replaces the VM (the image, the machine type,
+        the provisioning model, the zone), so a new VM always boots the family's newest image. A
+        newer image in the family alone shows as an update of the Stash's input, never as a
+        change of the VM.
         """
+        reference = args.host.image
         family = image_family(reference)
         if family is None:
             return reference
@@ -349,9 +294,15 @@ class GpuHost(pulumi.ComponentResource):
                 parent=self, depends_on=opts.depends_on if opts is not None else None
             ),
         )
+        replaces_vm = {
+            "image": reference,
+            "machineType": args.host.machine_type,
+            "provisioning": args.host.provisioning,
+            "zone": args.zone,
+        }
         pinned = pulumi.Stash(
             f"{name}-host-image",
             input=newest.self_link,
-            opts=pulumi.ResourceOptions(parent=self, replacement_trigger=reference),
+            opts=pulumi.ResourceOptions(parent=self, replacement_trigger=replaces_vm),
         )
         return pinned.output

@@ -18,3 +18,6 @@ CONFIG_DIR = "/etc/vllm-gcp"  # root-only: secrets env file, vLLM settings
 SECRETS_ENV_FILE = f"{CONFIG_DIR}/secrets.env"
 TLS_DIR = "/etc/vllm-gcp/tls"  # root-only: certificate and key for Nginx
 VLLM_LOOPBACK_PORT = 8000
+# scripts/registry_login.sh, which the startup script installs where images come through
+# Artifact Registry; the run step and the unit's pull of a missing image call it.
+REGISTRY_LOGIN_PATH = "/usr/local/libexec/vllm-gcp/registry-login"

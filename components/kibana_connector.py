@@ -11,10 +11,15 @@ pulumi, and `components.kibana_connector.KibanaConnectorProvider` must keep that
 every existing stack's state names it.
 
 The Kibana API key is a credential of the deployer, not a property of the connector: it is not an
-input, output or state of the resource. The provider reads it from the *current* stack
-configuration in `configure()`, so a rotated key takes effect on the next refresh, update or
-destroy, and rotating it plans no change. The connector's own key (`api_key`, the endpoint's
-bearer token) is a secret input and output. No message raised or logged here contains either.
+input, output or state of the resource. The provider reads it from the stack configuration in
+`configure()`, and rotating it plans no change to the connector. Which configuration: the one the
+program registers its default provider with in `pulumi up` and `preview` (the current one), and
+in a refresh or destroy that runs no program, the one saved in the state by the last `pulumi up`
+(the engine configures the providers of the previous snapshot then: pulumi
+pkg/resource/deploy/deployment.go and providers/registry.go). So after a rotation, one
+`pulumi up` (or `destroy --run-program`) makes the new key the one every command uses. The
+connector's own key (`api_key`, the endpoint's bearer token) is a secret input and output. No
+message raised or logged here contains either.
 
 A Kibana that cannot be reached during a refresh does not block `pulumi up`: `read` warns and
 keeps the state; create, update and delete still fail with the cause.
@@ -46,9 +51,9 @@ UPDATE_PROPERTIES = ("name", "config", "api_key", "verify")
 # secret while it is still in a state (hence in additional_secret_outputs).
 LEGACY_KIBANA_KEY_PROPERTY = "kibana_api_key"
 # The stack config key, namespaced: for dynamic providers the engine passes the full stack
-# configuration with namespaces kept, decrypted, from the current stack config, also on refresh
-# and destroy (pulumi pkg/resource/deploy/target.go `GetPackageConfig`, pulumi/pulumi#17673,
-# CLI 3.139.0). Older CLIs pass an empty config.
+# configuration with namespaces kept, decrypted (pulumi pkg/resource/deploy/target.go
+# `GetPackageConfig`, pulumi/pulumi#17673, CLI 3.139.0); a refresh or destroy without the program
+# passes the configuration saved by the last `pulumi up`. Older CLIs pass an empty config.
 KIBANA_API_KEY_CONFIG = "vllm-gcp:kibanaApiKey"
 MIN_CLI_FOR_CONFIG = "3.139.0"
 
@@ -123,14 +128,14 @@ class KibanaClient:
     def get(self, connector_id: str) -> dict[str, Any] | None:
         """The connector, or None when Kibana has no connector with this id."""
         response = self._send("GET", self.connector_path(connector_id), "reading the connector")
-        if response.status_code == 404:
+        if response.status_code == 404:  # noqa: PLR2004 (HTTP status)
             return None
         return self._json(self._checked(response, "reading the connector"))
 
     def create(self, connector_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         action = "creating the connector"
         response = self._send("POST", self.connector_path(connector_id), action, body)
-        if response.status_code == 409:
+        if response.status_code == 409:  # noqa: PLR2004 (HTTP status)
             raise _Conflict(f"connector id {connector_id} already exists in space {self.space!r}")
         return self._json(self._checked(response, action))
 
@@ -138,7 +143,7 @@ class KibanaClient:
         """The updated connector, or None when Kibana has no connector with this id."""
         action = "updating the connector"
         response = self._send("PUT", self.connector_path(connector_id), action, body)
-        if response.status_code == 404:
+        if response.status_code == 404:  # noqa: PLR2004 (HTTP status)
             return None
         return self._json(self._checked(response, action))
 
@@ -146,7 +151,7 @@ class KibanaClient:
         """Delete the connector; one already gone counts as deleted."""
         action = "deleting the connector"
         response = self._send("DELETE", self.connector_path(connector_id), action)
-        if response.status_code != 404:
+        if response.status_code != 404:  # noqa: PLR2004 (HTTP status)
             self._checked(response, action)
 
     def execute(
@@ -205,23 +210,25 @@ class KibanaClient:
 
     def _checked(self, response: httpx.Response, action: str) -> httpx.Response:
         status = response.status_code
-        if status < 400:
+        if status < 400:  # noqa: PLR2004 (HTTP status)
             return response
         message = self._kibana_message(response)
-        if status == 401:
+        if status == 401:  # noqa: PLR2004 (HTTP status)
             raise KibanaApiError(
                 f"Kibana refused the API key (401) while {action}: {message}. Set "
                 "vllm-gcp:kibanaApiKey to an active API key (its `encoded` value) of the "
-                f"deployment at {self.base_url}"
+                f"deployment at {self.base_url}. A refresh or destroy that runs no program uses "
+                "the key saved by the last `pulumi up`: after a rotation run `pulumi up` once, "
+                "or `pulumi destroy --run-program`"
             )
-        if status == 403:
+        if status == 403:  # noqa: PLR2004 (HTTP status)
             raise KibanaApiError(
                 f"The Kibana API key lacks a privilege (403) while {action}: {message}. Give the "
                 f"key's role {PRIVILEGE} in space {self.space!r}"
             )
-        if status == 400:
+        if status == 400:  # noqa: PLR2004 (HTTP status)
             raise KibanaApiError(f"Kibana rejected the request (400) while {action}: {message}")
-        if status == 404:
+        if status == 404:  # noqa: PLR2004 (HTTP status)
             raise KibanaApiError(
                 f"Kibana answered 404 while {action}: {message}. Check elastic.kibanaUrl and "
                 f"that space {self.space!r} exists"
@@ -240,7 +247,7 @@ class KibanaClient:
         return self.redacted(text)
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code == 204 or not response.content:
+        if response.status_code == 204 or not response.content:  # noqa: PLR2004 (HTTP status)
             return {}
         try:
             payload = response.json()

@@ -17,7 +17,7 @@ Three independent switches (config `mirror.dockerRemote`, `mirror.aptRemote`, `m
 The service account gets `roles/artifactregistry.reader` on these repositories only, and
 `roles/storage.objectViewer` on the bucket under an IAM condition naming the prefix.
 
-Contract with the startup script (the apt seam), `MirrorLayout.apt_repositories` / `apt_host`:
+Contract with the startup script (the apt seam), `Mirror.apt_mirror` (its host and sources):
 the text is a deb822 sources file. The startup script, before any apt-get when it is set,
 1. moves the image's own sources aside (/etc/apt/sources.list.d/ubuntu.sources and any
    /etc/apt/sources.list entries), so apt never tries the internet;
@@ -36,6 +36,7 @@ package (apt-transport-artifact-registry is only needed for `ar+https://`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -43,6 +44,7 @@ import pulumi_gcp as gcp
 from pulumi_gcp import artifactregistry as ar
 
 from components.config import MirrorConfig, ModelConfig
+from components.host_bundle import AptMirror
 
 READER_ROLE = "roles/artifactregistry.reader"
 OBJECT_VIEWER_ROLE = "roles/storage.objectViewer"
@@ -77,81 +79,30 @@ def docker_hub_path(reference: str) -> str | None:
     return reference if "/" in reference else f"library/{reference}"
 
 
-@dataclass(frozen=True)
-class MirrorLayout:
-    """The names the mirrors have, known before any resource exists.
+def repository_id(name: str, stack: str, purpose: str) -> str:
+    """`{name}-{stack}-{purpose}`, the stack part shortened to fit 63 characters."""
+    head, tail = _slug(name), _slug(purpose)
+    room = _REPOSITORY_ID_MAX - len(head) - len(tail) - 2
+    short_stack = _slug(stack)[:room].strip("-")
+    return "-".join(part for part in (head, short_stack, tail) if part)
 
-    The startup script needs them (the apt sources, the CUDA image it test-runs) before the
-    Mirror can be built: the Mirror's grants need the host's service account.
-    """
 
-    name: str
-    stack: str
-    project: str
-    region: str
-    docker_remote: bool
-    apt_remote: bool
-
-    def repository_id(self, purpose: str) -> str:
-        """`{name}-{stack}-{purpose}`, the stack part shortened to fit 63 characters."""
-        head, tail = _slug(self.name), _slug(purpose)
-        room = _REPOSITORY_ID_MAX - len(head) - len(tail) - 2
-        stack = _slug(self.stack)[:room].strip("-")
-        return "-".join(part for part in (head, stack, tail) if part)
-
-    @property
-    def docker_repository_id(self) -> str:
-        return self.repository_id("dockerhub")
-
-    @property
-    def registry_host(self) -> str | None:
-        return f"{self.region}-docker.pkg.dev" if self.docker_remote else None
-
-    def image(self, reference: str) -> str:
-        """A Docker Hub reference rewritten to the remote repository; anything else unchanged."""
-        path = docker_hub_path(reference)
-        if self.registry_host is None or path is None:
-            return reference
-        return f"{self.registry_host}/{self.project}/{self.docker_repository_id}/{path}"
-
-    @property
-    def apt_host(self) -> str | None:
-        return f"{self.region}-apt.pkg.dev" if self.apt_remote else None
-
-    def apt_repository_id(self, suite: str) -> str:
-        return self.repository_id(f"ubuntu-{suite}")
-
-    @property
-    def apt_repositories(self) -> str | None:
-        """deb822 sources: the Ubuntu archive through the remote repositories (module doc)."""
-        if self.apt_host is None:
-            return None
-        stanzas = [
-            "\n".join(
-                (
-                    "Types: deb",
-                    f"URIs: https://{self.apt_host}/remote/{self.project}/"
-                    f"{self.apt_repository_id(suite)}",
-                    f"Suites: {suite}",
-                    f"Components: {UBUNTU_COMPONENTS}",
-                    f"Signed-By: {UBUNTU_KEYRING}",
-                )
+def apt_sources(apt_host: str, project: str, repository_ids: Mapping[str, str]) -> str:
+    """deb822 sources: the Ubuntu archive through the remote repositories (module doc), one
+    stanza per suite of `repository_ids` (suite to repository id)."""
+    stanzas = [
+        "\n".join(
+            (
+                "Types: deb",
+                f"URIs: https://{apt_host}/remote/{project}/{repository}",
+                f"Suites: {suite}",
+                f"Components: {UBUNTU_COMPONENTS}",
+                f"Signed-By: {UBUNTU_KEYRING}",
             )
-            for suite in UBUNTU_SUITES
-        ]
-        return "\n\n".join(stanzas) + "\n"
-
-
-def mirror_layout(name: str, mirror: MirrorConfig, project: str, region: str) -> MirrorLayout:
-    """The layout the Mirror built with the same name will have in this stack."""
-    return MirrorLayout(
-        name=name,
-        stack=pulumi.get_stack(),
-        project=project,
-        region=region,
-        docker_remote=mirror.docker_remote,
-        apt_remote=mirror.apt_remote,
-    )
+        )
+        for suite, repository in repository_ids.items()
+    ]
+    return "\n\n".join(stanzas) + "\n"
 
 
 def gcs_location(uri: str) -> tuple[str, str]:
@@ -191,13 +142,15 @@ class MirrorArgs:
 
 
 class Mirror(pulumi.ComponentResource):
-    """Artifact Registry remote repositories and the host's narrow read grants (see module doc)."""
+    """Artifact Registry remote repositories and the host's narrow read grants (see module doc).
 
-    layout: MirrorLayout
+    Built after the host's identity (its grants name the account) and before the host, which
+    takes its registry host, its image references and its apt sources.
+    """
+
     vllm_image: pulumi.Output[str]
-    registry_host: str | None
-    apt_host: str | None
-    apt_repositories: pulumi.Output[str] | None
+    registry_host: str | None  # REGION-docker.pkg.dev with the Docker mirror
+    apt_mirror: pulumi.Output[AptMirror] | None  # with the apt mirror, once its grants exist
     grants: list[pulumi.Resource]  # every read grant: what a pull or a weights load waits on
 
     def __init__(
@@ -205,9 +158,10 @@ class Mirror(pulumi.ComponentResource):
     ) -> None:
         super().__init__("vllm-gcp:mirror:Mirror", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.layout = mirror_layout(name, args.mirror, args.project, args.region)
-        self.registry_host = self.layout.registry_host
-        self.apt_host = self.layout.apt_host
+        stack = pulumi.get_stack()
+        self._project = args.project
+        self._docker_repository_id = repository_id(name, stack, "dockerhub")
+        self.registry_host = f"{args.region}-docker.pkg.dev" if args.mirror.docker_remote else None
         member = pulumi.Output.from_input(args.service_account_email).apply(
             lambda email: f"serviceAccount:{email}"
         )
@@ -217,7 +171,7 @@ class Mirror(pulumi.ComponentResource):
         if args.mirror.docker_remote:
             docker_grant = self._remote_repository(
                 f"{name}-dockerhub",
-                self.layout.docker_repository_id,
+                self._docker_repository_id,
                 "DOCKER",
                 "Docker Hub, cached for the vLLM host",
                 ar.RepositoryRemoteRepositoryConfigArgs(
@@ -231,14 +185,18 @@ class Mirror(pulumi.ComponentResource):
                 child,
             )
             # Resolves once the grant exists, so nothing pulls through the mirror before it may.
-            self.vllm_image = docker_grant.id.apply(lambda _: self.layout.image(args.model.image))
+            self.vllm_image = docker_grant.id.apply(lambda _: self.image(args.model.image))
 
-        self.apt_repositories = None
+        self.apt_mirror = None
         if args.mirror.apt_remote:
+            apt_host = f"{args.region}-apt.pkg.dev"
+            repository_ids = {
+                suite: repository_id(name, stack, f"ubuntu-{suite}") for suite in UBUNTU_SUITES
+            }
             apt_grants = [
                 self._remote_repository(
                     f"{name}-apt-{suite}",
-                    self.layout.apt_repository_id(suite),
+                    repository_ids[suite],
                     "APT",
                     f"Ubuntu archive {suite}, cached for the vLLM host",
                     ar.RepositoryRemoteRepositoryConfigArgs(
@@ -256,23 +214,23 @@ class Mirror(pulumi.ComponentResource):
                 )
                 for suite in UBUNTU_SUITES
             ]
-            sources = self.layout.apt_repositories or ""
-            self.apt_repositories = pulumi.Output.all(*(g.id for g in apt_grants)).apply(
-                lambda _: sources
-            )
+            mirror = AptMirror(apt_host, apt_sources(apt_host, args.project, repository_ids))
+            # Resolves once the grants exist: the host's apt needs them from its first boot.
+            self.apt_mirror = pulumi.Output.all(*(g.id for g in apt_grants)).apply(lambda _: mirror)
 
         if args.model.source == "gcs" and args.model.gcs_uri is not None:
             self.grants.append(self._weights_grant(name, args.model.gcs_uri, member, child))
 
-        self.register_outputs(
-            {
-                "vllmImage": self.vllm_image,
-                "registryHost": self.registry_host,
-                "aptRepositories": self.apt_repositories,
-            }
-        )
+        self.register_outputs({"vllmImage": self.vllm_image, "registryHost": self.registry_host})
 
-    def _remote_repository(
+    def image(self, reference: str) -> str:
+        """A Docker Hub reference rewritten to the Docker mirror; anything else unchanged."""
+        path = docker_hub_path(reference)
+        if self.registry_host is None or path is None:
+            return reference
+        return f"{self.registry_host}/{self._project}/{self._docker_repository_id}/{path}"
+
+    def _remote_repository(  # noqa: PLR0913, PLR0917 (one per property of the repository)
         self,
         resource_name: str,
         repository_id: str,

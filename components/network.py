@@ -146,7 +146,7 @@ class Network(pulumi.ComponentResource):
             }
         )
 
-    def _ingress(
+    def _ingress(  # noqa: PLR0913, PLR0917 (one per property of the rule)
         self,
         name: str,
         rule: str,

@@ -23,12 +23,19 @@ from typing import Any
 import pulumi
 from pulumi_command import local, remote
 
-from components import templates
+from components import render
 
-# A first boot of a GPU VM (image, drivers, startup script) takes minutes: dial without a
-# count limit, each attempt short, and let each step's custom timeout bound the wait.
-UNLIMITED_DIAL_ATTEMPTS = -1
+# Dial attempts are counted, never unlimited: with no limit a dial that cannot succeed (a wrong
+# access.sshCidrs, OS Login enforced, a jump host that refuses the agent's keys) retries until the
+# step's custom timeout, and the engine then reports only "context deadline exceeded": the cause
+# is dropped (pulumi-command v1.2.1 connection.go dialWithRetry; only a reached limit returns
+# "after N failed attempts: <cause>"). Between attempts the SDK's retry waits up to 5 s
+# (sdk/go/common/util/retry/until.go DefaultMaxDelay), and a dial gives up after 20 s.
 PER_DIAL_TIMEOUT_SECONDS = 20
+# The first step meets a VM that is still booting: 60 attempts are 5 to 25 minutes.
+FIRST_DIAL_ATTEMPTS = 60
+# Later steps meet a host that has answered already: a failure is real, say so in minutes.
+DIAL_ATTEMPTS = 10
 
 # The host-side limit of a step is this much under its custom timeout (dialing takes some of it),
 # and `timeout` kills the step's script this long after the TERM that lets it say why it stops.
@@ -51,6 +58,7 @@ def connection(
     user: str,
     private_key: pulumi.Input[str],
     jump_host: str | None = None,
+    dial_attempts: int = DIAL_ATTEMPTS,
 ) -> remote.ConnectionArgs:
     """SSH connection to the GPU host with the stack's key, through a jump host where given.
 
@@ -65,14 +73,14 @@ def connection(
             host=jump_address,
             user=jump_user,
             port=float(port) if port else 22,
-            dial_error_limit=UNLIMITED_DIAL_ATTEMPTS,
+            dial_error_limit=dial_attempts,
             per_dial_timeout=PER_DIAL_TIMEOUT_SECONDS,
         )
     return remote.ConnectionArgs(
         host=host,
         user=user,
         private_key=private_key,
-        dial_error_limit=UNLIMITED_DIAL_ATTEMPTS,
+        dial_error_limit=dial_attempts,
         per_dial_timeout=PER_DIAL_TIMEOUT_SECONDS,
         proxy=proxy,
     )
@@ -111,7 +119,7 @@ def step_command(script: str, limit_seconds: int, *, as_root: bool = False) -> s
     )
 
 
-def host_step(
+def host_step(  # noqa: PLR0913 (keyword-only: one per convention a step can vary)
     name: str,
     *,
     connection: remote.ConnectionArgs,
@@ -124,6 +132,7 @@ def host_step(
     extra_triggers: Sequence[pulumi.Input[Any]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
     log_output: bool = True,
+    aliases: Sequence[pulumi.Alias] = (),
 ) -> remote.Command:
     """One remote step on the host, with the conventions every step shares.
 
@@ -136,11 +145,12 @@ def host_step(
       step in place (each script is idempotent).
     - The previous output is never sent as env: Ubuntu's sshd refuses the PULUMI_COMMAND_* env
       vars (the provider warns on each update), and it has no business on the host.
-    - `custom_timeouts` bound create and update, but only while dialing (the connection dials
-      without a count limit); the host-side limit is what ends a command already running.
+    - `custom_timeouts` bound create and update, but only while dialing; the host-side limit is
+      what ends a command already running.
     - No delete command: the VM, and everything the step did on it, goes with the stack.
 
-    `log_output=False` keeps the step's output out of Pulumi's logs (steps handling secrets).
+    `log_output=False` keeps the step's output out of Pulumi's logs (steps handling secrets);
+    `aliases` name where the step lived before (a step that moved to another component).
     """
     timeout = f"{timeout_minutes}m"
     limit = step_limit_seconds(timeout_minutes)
@@ -163,6 +173,7 @@ def host_step(
         opts=pulumi.ResourceOptions(
             parent=parent,
             depends_on=list(depends_on) or None,
+            aliases=list(aliases) or None,
             custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
         ),
     )
@@ -183,7 +194,7 @@ def first_contact_script(
     ):
         if not pattern.match(value):
             raise ValueError(f"{value!r} is not a {what} the first contact can take")
-    return templates.render(
+    return render.render(
         FIRST_CONTACT_SCRIPT,
         {
             "HOST": host,

@@ -12,17 +12,16 @@ set -euo pipefail
 # vllm-gcp:include host_lib.sh
 
 readonly ROOT="${VLLM_GCP_ROOT:-}"
-readonly IMAGE='{{ IMAGE }}'
-readonly SERVICE_NAME='{{ SERVICE_NAME }}'
+readonly IMAGE={{ shell:IMAGE }}
+readonly SERVICE_NAME={{ shell:SERVICE_NAME }}
 readonly UNIT_FILE="${ROOT}/etc/systemd/system/${SERVICE_NAME}"
-read -r -a CACHE_DIRS <<<'{{ CACHE_DIRS }}'
-readonly CACHE_DIRS
+readonly CACHE_DIRS=({{ shell:CACHE_DIRS }})
 # Its values (the API key, the token) are filtered out of the journal lines printed here.
-readonly SECRETS_ENV_FILE="${ROOT}"'{{ SECRETS_ENV_FILE }}'
-# Set where the image comes through Artifact Registry: the login script and where it goes.
-readonly REGISTRY_HOST='{{ REGISTRY_HOST }}'
-readonly REGISTRY_LOGIN="${ROOT}"'{{ REGISTRY_LOGIN_PATH }}'
-readonly REGISTRY_LOGIN_SCRIPT='{{ REGISTRY_LOGIN_SCRIPT }}'
+readonly SECRETS_ENV_FILE="${ROOT}"{{ shell:SECRETS_ENV_FILE }}
+# Set where the image comes through Artifact Registry, whose login helper the startup script
+# installed (scripts/registry_login.sh).
+readonly REGISTRY_HOST={{ shell:REGISTRY_HOST }}
+readonly REGISTRY_LOGIN="${ROOT}"{{ shell:REGISTRY_LOGIN_PATH }}
 readonly LOG_LINES=50
 # The login's token request and docker login are bounded inside it too.
 readonly REGISTRY_LOGIN_SECONDS=300
@@ -59,10 +58,6 @@ log_in_to_registry() {
   if [[ -z $REGISTRY_HOST ]]; then
     return 0
   fi
-  sudo -n install -d -m 0755 "$(dirname "$REGISTRY_LOGIN")"
-  printf '%s' "$REGISTRY_LOGIN_SCRIPT" | sudo -n tee "${REGISTRY_LOGIN}.new" >/dev/null
-  sudo -n chmod 0755 "${REGISTRY_LOGIN}.new"
-  sudo -n mv -f "${REGISTRY_LOGIN}.new" "$REGISTRY_LOGIN"
   bounded --root "$REGISTRY_LOGIN_SECONDS" "logging Docker in to ${REGISTRY_HOST}" \
     "$REGISTRY_LOGIN" "$REGISTRY_HOST"
 }
@@ -83,16 +78,6 @@ install_unit() {
   log "installed ${UNIT_FILE}"
 }
 
-secret_values() {
-  # The env file's non-empty values, one a line: read as root into a pipe, never an argument.
-  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$SECRETS_ENV_FILE" 2>/dev/null || true
-}
-
-without_secrets() {
-  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
-  grep --fixed-strings --invert-match --file=<(secret_values) || true
-}
-
 restart_service() {
   log "restarting ${SERVICE_NAME}"
   if ! bounded --root "$RESTART_SECONDS" \
@@ -101,7 +86,7 @@ restart_service() {
     {
       log "${SERVICE_NAME} did not start; last ${LOG_LINES} lines of its journal (lines holding a secret left out):"
       sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat |
-        without_secrets || true
+        without_secrets "$SECRETS_ENV_FILE" || true
     } >&2
     exit 1
   fi

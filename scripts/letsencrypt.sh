@@ -10,11 +10,11 @@ set -euo pipefail
 
 # vllm-gcp:include host_lib.sh
 
-readonly DOMAIN="{{ DOMAIN }}"
-readonly EMAIL="{{ EMAIL }}"
-readonly ADDRESS="{{ ADDRESS }}"
-readonly ACME_WEBROOT="{{ ACME_WEBROOT }}"
-readonly BOOTSTRAP_SITE_PATH="{{ BOOTSTRAP_SITE_PATH }}"
+readonly DOMAIN={{ shell:DOMAIN }}
+readonly EMAIL={{ shell:EMAIL }}
+readonly ADDRESS={{ shell:ADDRESS }}
+readonly ACME_WEBROOT={{ shell:ACME_WEBROOT }}
+readonly BOOTSTRAP_SITE_PATH={{ shell:BOOTSTRAP_SITE_PATH }}
 # apt-daily starts right after the VM's startup script and holds apt's locks for minutes; the
 # lock timeout does not cover the package lists' lock `apt-get update` takes, so the install is
 # retried for about ten minutes.

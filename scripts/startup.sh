@@ -42,20 +42,21 @@ set -Eeuo pipefail
 
 ROOT="${VLLM_GCP_ROOT:-}"
 readonly ROOT
-readonly GPU_COUNT="{{ GPU_COUNT }}"
-readonly DRIVER_BRANCH="{{ DRIVER_BRANCH }}"
-readonly GPU_CHECK_IMAGE="{{ GPU_CHECK_IMAGE }}"
-readonly DOCKER_REGISTRY_HOST="{{ DOCKER_REGISTRY_HOST }}"
-readonly APT_SOURCES_MODE="{{ APT_SOURCES_MODE }}"
-readonly APT_MIRROR_HOST="{{ APT_MIRROR_HOST }}"
-readonly APT_MIRROR_SOURCES_B64="{{ APT_MIRROR_SOURCES_B64 }}"
-readonly STATE_DIR="${ROOT}{{ STATE_DIR }}"
-readonly READY_MARKER="${ROOT}{{ READY_MARKER }}"
-readonly STARTUP_FAILED_MARKER="${ROOT}{{ STARTUP_FAILED_MARKER }}"
-readonly STARTUP_LOG="${ROOT}{{ STARTUP_LOG }}"
-readonly CACHE_DIR="${ROOT}{{ CACHE_DIR }}"
+readonly GPU_COUNT={{ shell:GPU_COUNT }}
+readonly DRIVER_BRANCH={{ shell:DRIVER_BRANCH }}
+readonly GPU_CHECK_IMAGE={{ shell:GPU_CHECK_IMAGE }}
+readonly DOCKER_REGISTRY_HOST={{ shell:DOCKER_REGISTRY_HOST }}
+readonly APT_SOURCES_MODE={{ shell:APT_SOURCES_MODE }}
+readonly APT_MIRROR_HOST={{ shell:APT_MIRROR_HOST }}
+readonly APT_MIRROR_SOURCES_B64={{ shell:APT_MIRROR_SOURCES_B64 }}
+readonly STATE_DIR="${ROOT}"{{ shell:STATE_DIR }}
+readonly READY_MARKER="${ROOT}"{{ shell:READY_MARKER }}
+readonly STARTUP_FAILED_MARKER="${ROOT}"{{ shell:STARTUP_FAILED_MARKER }}
+readonly STARTUP_LOG="${ROOT}"{{ shell:STARTUP_LOG }}
+readonly CACHE_DIR="${ROOT}"{{ shell:CACHE_DIR }}
 readonly DRIVER_REBOOT_MARKER="${STATE_DIR}/driver-reboot-done"
-readonly REBOOTING_MARKER="${STATE_DIR}/rebooting"
+readonly REBOOTING_MARKER="${ROOT}"{{ shell:REBOOTING_MARKER }}
+readonly REGISTRY_LOGIN="${ROOT}"{{ shell:REGISTRY_LOGIN_PATH }}
 readonly UNATTENDED_UPGRADES_CONFIG="${ROOT}/etc/apt/apt.conf.d/52vllm-gcp-unattended"
 readonly LOCAL_SSD_GLOB="${ROOT}/dev/disk/by-id/google-local-nvme-ssd-*"
 readonly CACHE_ARRAY="${ROOT}/dev/md/vllm-cache"
@@ -511,15 +512,22 @@ check_gpu_fabric() {
   fail "${reason}: see journalctl -u ${FABRIC_MANAGER_SERVICE}"
 }
 
+# The mirror's Docker login helper (scripts/registry_login.sh, token from the metadata server),
+# used here before the check image's pull, then by the run step and the unit's pull of a missing
+# image. Written at every boot, so a new version of the project reaches the host with it.
+install_registry_login() {
+  [[ -n "$DOCKER_REGISTRY_HOST" ]] || return 0
+  step "registry-login"
+  mkdir -p "$(dirname "$REGISTRY_LOGIN")"
+  write_if_changed "$REGISTRY_LOGIN" <<'VLLM_GCP_REGISTRY_LOGIN'
+# vllm-gcp:include registry_login.sh
+VLLM_GCP_REGISTRY_LOGIN
+  chmod 0755 "$REGISTRY_LOGIN"
+}
+
 docker_login_to_mirror() {
-  local token
-  token="$(metadata_token)" || return 1
-  log "logging Docker in to ${DOCKER_REGISTRY_HOST} as the VM's service account"
-  # The token on docker's stdin from a process substitution: never an argument, never a file.
   bounded --output "$STARTUP_LOG" "$DOCKER_LOGIN_SECONDS" \
-    "logging Docker in to ${DOCKER_REGISTRY_HOST}" \
-    docker login --username oauth2accesstoken --password-stdin \
-    "https://${DOCKER_REGISTRY_HOST}" < <(printf '%s' "$token")
+    "logging Docker in to ${DOCKER_REGISTRY_HOST}" "$REGISTRY_LOGIN" "$DOCKER_REGISTRY_HOST"
 }
 
 pull_attempt() {
@@ -559,6 +567,7 @@ main() {
   ensure_packages
   ensure_fabric_manager
   configure_docker
+  install_registry_login
   configure_nginx
   prepare_cache
   check_gpus

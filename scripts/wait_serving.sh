@@ -14,12 +14,12 @@ set -euo pipefail
 # vllm-gcp:include host_lib.sh
 
 readonly ROOT="${VLLM_GCP_ROOT:-}"
-readonly SERVICE_NAME='{{ SERVICE_NAME }}'
-readonly MODELS_URL='{{ MODELS_URL }}'
-readonly SERVED_MODEL_NAME='{{ SERVED_MODEL_NAME }}'
-readonly SECRETS_ENV_FILE="${ROOT}"'{{ SECRETS_ENV_FILE }}'
-readonly OFFLINE_MARKER='{{ OFFLINE_MARKER }}'
-readonly DEFAULT_TIMEOUT_SECONDS='{{ TIMEOUT_SECONDS }}'
+readonly SERVICE_NAME={{ shell:SERVICE_NAME }}
+readonly MODELS_URL={{ shell:MODELS_URL }}
+readonly SERVED_MODEL_NAME={{ shell:SERVED_MODEL_NAME }}
+readonly SECRETS_ENV_FILE="${ROOT}"{{ shell:SECRETS_ENV_FILE }}
+readonly OFFLINE_MARKER={{ shell:OFFLINE_MARKER }}
+readonly DEFAULT_TIMEOUT_SECONDS={{ shell:TIMEOUT_SECONDS }}
 readonly TIMEOUT_SECONDS="${VLLM_GCP_TIMEOUT_SECONDS:-$DEFAULT_TIMEOUT_SECONDS}"
 readonly POLL_SECONDS="${VLLM_GCP_POLL_SECONDS:-5}"
 readonly PROGRESS_SECONDS="${VLLM_GCP_PROGRESS_SECONDS:-30}"
@@ -49,20 +49,10 @@ exit_count() {
   printf '%s\n' "${restarts:-0}"
 }
 
-secret_values() {
-  # The env file's non-empty values, one a line: read as root into a pipe, never an argument.
-  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$SECRETS_ENV_FILE" 2>/dev/null || true
-}
-
-without_secrets() {
-  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
-  grep --fixed-strings --invert-match --file=<(secret_values) || true
-}
-
 latest_log_line() {
   # Download progress bars end lines with carriage returns: keep the last update only.
   sudo -n journalctl --unit "$SERVICE_NAME" --lines 1 --no-pager --output cat 2>/dev/null |
-    tr '\r' '\n' | without_secrets | sed '/^[[:space:]]*$/d' | tail -n 1 | cut -c 1-240 || true
+    tr '\r' '\n' | without_secrets "$SECRETS_ENV_FILE" | sed '/^[[:space:]]*$/d' | tail -n 1 | cut -c 1-240 || true
 }
 
 fail_with_log() {
@@ -70,7 +60,7 @@ fail_with_log() {
     log "$1"
     log "last ${LOG_LINES} lines of the ${SERVICE_NAME} journal (lines holding a secret left out):"
     sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat |
-      without_secrets || true
+      without_secrets "$SECRETS_ENV_FILE" || true
   } >&2
   exit 1
 }

@@ -11,8 +11,8 @@ set -euo pipefail
 # vllm-gcp:include host_lib.sh
 
 readonly ROOT="${VLLM_GCP_ROOT:-}"
-readonly CONFIG_DIR="${ROOT}"'{{ CONFIG_DIR }}'
-readonly SECRETS_ENV_FILE="${ROOT}"'{{ SECRETS_ENV_FILE }}'
+readonly CONFIG_DIR="${ROOT}"{{ shell:CONFIG_DIR }}
+readonly SECRETS_ENV_FILE="${ROOT}"{{ shell:SECRETS_ENV_FILE }}
 
 staged=""
 

@@ -60,6 +60,7 @@ __all__ = [
     "run_program",
     "stack_config",
     "stack_file",
+    "systemd_split",
     "unwrap",
 ]
 
@@ -130,3 +131,33 @@ def build_components(
     program()
     mocks.resources[:] = [r for r in mocks.resources if r.type != "pulumi:pulumi:Stack"]
     return plan
+
+
+def systemd_split(line: str) -> list[str]:
+    """systemd's reading of a command line (systemd.service, "COMMAND LINES"): words split on
+    blanks, double or single quotes group, C escapes inside quotes, %% and $$ stand for % and $."""
+    words: list[str] = []
+    index = 0
+    escapes = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
+    while index < len(line):
+        if line[index] == " ":
+            index += 1
+            continue
+        word = ""
+        quote = ""
+        while index < len(line) and (quote or line[index] != " "):
+            char = line[index]
+            if char in "\"'" and (not quote or char == quote):
+                quote = "" if quote else char
+            elif char == "\\" and quote:
+                index += 1
+                word += escapes[line[index]]
+            elif char in "%$" and line[index + 1 : index + 2] == char:
+                index += 1
+                word += char
+            else:
+                assert char not in "%$", f"unescaped {char} in {line!r}"
+                word += char
+            index += 1
+        words.append(word)
+    return words

@@ -1,4 +1,5 @@
-"""The load benchmark: a short run through the real Nginx site to the OpenAI stand-in."""
+"""The load benchmark (`vllm-gcp bench`): a short run through the real Nginx site to the OpenAI
+stand-in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import bench
+from tools import bench, cli
 from tools.standins.nginx import NginxProxy
 from tools.standins.openai_upstream import OpenAIUpstream
 
@@ -67,7 +68,7 @@ def test_a_wrong_key_stops_before_any_load(capsys: pytest.CaptureFixture[str]) -
         NginxProxy(upstream.port, api_key=API_KEY) as nginx,
     ):
         argv = ["--endpoint", nginx.https_url, "--api-key", "wrong", "--model", upstream.model]
-        code = bench.main([*argv, "--ca-cert", str(nginx.ca_path), "--duration", "5"])
+        code = cli.main(["bench", *argv, "--ca-cert", str(nginx.ca_path), "--duration", "5"])
         assert not [r for r in upstream.requests if r.path == "/v1/chat/completions"]
     assert code == 2
     assert "401: the API key was refused" in capsys.readouterr().err

@@ -33,8 +33,8 @@ if [[ "$1" == "${FAKE_PULUMI_FAIL:-none}" ]]; then
   exit 1
 fi
 """
-FAKE_PYTHON = """#!/usr/bin/env bash
-printf 'python %s\\n' "$*" >>"${E2E_LOG}"
+FAKE_CLI = """#!/usr/bin/env bash
+printf 'vllm-gcp %s\\n' "$*" >>"${E2E_LOG}"
 exit "${FAKE_SMOKE_RC:-0}"
 """
 
@@ -45,6 +45,7 @@ class Run:
     calls: list[str]
     stderr: str
     repo: Path
+    stdout: str = ""
 
     def index(self, prefix: str) -> int:
         found = [i for i, call in enumerate(self.calls) if call.startswith(prefix)]
@@ -71,11 +72,11 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
-def _run(repo: Path, **env: str) -> Run:
+def _run(repo: Path, *args: str, **env: str) -> Run:
     bin_dir = repo.parent / "bin"
     bin_dir.mkdir(exist_ok=True)
     _executable(bin_dir / "pulumi", FAKE_PULUMI)
-    _executable(bin_dir / "python", FAKE_PYTHON)
+    _executable(bin_dir / "vllm-gcp", FAKE_CLI)
     log = repo.parent / "calls.log"
     log.touch()
     environment = {
@@ -84,18 +85,18 @@ def _run(repo: Path, **env: str) -> Run:
         "E2E_LOG": str(log),
         "GCP_PROJECT": "my-project",
         "SSH_CIDR": "203.0.113.7/32",
-        "VLLM_GCP_PYTHON": str(bin_dir / "python"),
+        "VLLM_GCP": str(bin_dir / "vllm-gcp"),
         **env,
     }
     result = subprocess.run(
-        ["bash", str(repo / "tools" / "e2e.sh")],
+        ["bash", str(repo / "tools" / "e2e.sh"), *args],
         env=environment,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
-    return Run(result.returncode, log.read_text().splitlines(), result.stderr, repo)
+    return Run(result.returncode, log.read_text().splitlines(), result.stderr, repo, result.stdout)
 
 
 def test_up_smoke_test_destroy_and_removal_happen_in_order(repo: Path) -> None:
@@ -107,7 +108,7 @@ def test_up_smoke_test_destroy_and_removal_happen_in_order(repo: Path) -> None:
         "pulumi stack init",
         "pulumi config set --stack",
         "pulumi up",
-        f"python -m tools.smoke_test --stack {stack}",
+        f"vllm-gcp smoke --stack {stack}",
         "pulumi destroy",
         "pulumi stack rm",
     ]
@@ -132,7 +133,7 @@ def test_up_smoke_test_destroy_and_removal_happen_in_order(repo: Path) -> None:
 def test_a_failed_smoke_test_still_destroys_and_removes_the_stack(repo: Path) -> None:
     run = _run(repo, FAKE_SMOKE_RC="1")
     assert run.code == 1
-    assert run.index("python -m tools.smoke_test") < run.index("pulumi destroy")
+    assert run.index("vllm-gcp smoke") < run.index("pulumi destroy")
     assert run.index("pulumi destroy") < run.index("pulumi stack rm")
     assert "failed (exit 1)" in run.stderr
 
@@ -140,7 +141,7 @@ def test_a_failed_smoke_test_still_destroys_and_removes_the_stack(repo: Path) ->
 def test_a_failed_up_skips_the_smoke_test_and_still_destroys(repo: Path) -> None:
     run = _run(repo, FAKE_PULUMI_FAIL="up")
     assert run.code != 0
-    assert not run.called("python")
+    assert not run.called("vllm-gcp")
     assert run.called("pulumi destroy") and run.called("pulumi stack rm")
 
 
@@ -164,6 +165,21 @@ def test_required_variables_are_checked_before_anything_runs(repo: Path, missing
     run = _run(repo, **{missing: ""})
     assert run.code == 2
     assert missing in run.stderr
+    assert run.calls == []
+
+
+def test_help_names_the_environment_and_runs_nothing(repo: Path) -> None:
+    run = _run(repo, "--help", GCP_PROJECT="")
+    assert run.code == 0
+    assert "usage: tools/e2e.sh" in run.stdout
+    assert "GCP_PROJECT" in run.stdout and "SSH_CIDR" in run.stdout
+    assert run.calls == []
+
+
+def test_an_argument_is_refused_before_anything_runs(repo: Path) -> None:
+    run = _run(repo, "--stack", "dev")
+    assert run.code == 2
+    assert "unexpected argument: --stack" in run.stderr
     assert run.calls == []
 
 

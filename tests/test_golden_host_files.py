@@ -1,6 +1,17 @@
 """What the host receives, byte for byte: every file the offline plan writes for four stacks, as
 recorded in tests/golden/. A change to any of them is either a regression or named here.
 
+Deliberate changes, each recorded with the snapshot it changed:
+- one renderer (components/render.py): every shell value is one single-quoted word (startup.sh,
+  configure_proxy.sh and letsencrypt.sh used double quotes), every value in the Nginx site a
+  double-quoted token, the unit's optional lines composed by the renderer;
+- the Docker mirror's login helper is installed by the startup script (the run step no longer
+  carries it), and the unit's pull of a missing image takes the registry host and the helper's
+  path as arguments;
+- the secret filter of the journal lines the steps print lives once, in the host library;
+- the rebooting marker's path is passed to the startup script, not spelt out in it;
+- the run step's host-side limit is 74 minutes, so a first pull and a copy of the weights fit.
+
 To record a deliberate change:
     VLLM_GCP_RECORD_GOLDEN=1 venv/bin/pytest -n 0 tests/test_golden_host_files.py
 """

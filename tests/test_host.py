@@ -1,25 +1,20 @@
-"""The GpuHost component under Pulumi mocks, built with the Network from the real stack files."""
+"""The GPU host under the engine's mocks, in the program as __main__.py wires it."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
 import pytest
 
 from components import config
-from components.host import (
-    GPU_CHECK_IMAGE,
-    HOST_ROLES,
-    AptMirror,
-    GpuHost,
-    GpuHostArgs,
-    service_account_id,
-)
-from components.network import Network, NetworkArgs
+from components.host_bundle import GPU_CHECK_IMAGE
+from components.identity import HOST_ROLES, service_account_id
+from components.mirror import UBUNTU_SUITES, apt_sources, repository_id
 from tests.harness import (
     GET_IMAGE,
     MOCK_IMAGE_VERSION,
@@ -28,12 +23,12 @@ from tests.harness import (
     MOCK_SSH_PRIVATE_KEY,
     Plan,
     RecordingMocks,
-    build_components,
+    run_program,
     stack_config,
 )
 
 INSTANCE = "gcp:compute/instance:Instance"
-ADDRESS_ATTRIBUTES = ("public_ip", "private_ip", "ssh_address", "endpoint_address")
+ADDRESS_ATTRIBUTES = ("public_ip", "private_ip", "endpoint_address")
 IAM_MEMBER = "gcp:projects/iAMMember:IAMMember"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 PRIVATE = {
@@ -55,60 +50,35 @@ async def _source_names(output: pulumi.Output[str]) -> list[str]:
     return sorted(str(urn).rsplit("::", 1)[-1] for urn in urns)
 
 
-def build(
-    stack: str,
-    *overrides: dict[str, Any],
-    mocks: RecordingMocks | None = None,
-    **mirrors: Any,
-) -> Plan:
-    """Network and GpuHost as __main__.py wires them, from stacks/Pulumi.<stack>.yaml."""
-    stack_settings, _ = config.validate(stack_config(stack, *overrides), stack)
-
-    def declare() -> dict[str, object]:
-        network = Network(
-            "vllm",
-            NetworkArgs(
-                network=stack_settings.network,
-                access=stack_settings.access,
-                tls_mode=stack_settings.tls.mode,
-                region=stack_settings.region,
-            ),
+def observe_host(program: Mapping[str, Any]) -> dict[str, object]:
+    """The host's and network's attributes, from the program's own components."""
+    host, network, identity = program["host"], program["network"], program["identity"]
+    sources = {
+        f"{attribute}_sources": pulumi.Output.from_input(
+            asyncio.ensure_future(_source_names(getattr(host, attribute)))
         )
-        host = GpuHost(
-            "vllm",
-            GpuHostArgs(
-                host=stack_settings.host,
-                zone=stack_settings.zone,
-                labels=stack_settings.labels,
-                subnetwork=network.subnetwork,
-                internal_address=network.internal_address,
-                external_address=network.external_address,
-                network_tag=network.host_tag,
-                **mirrors,
-            ),
-        )
-        sources = {
-            f"{attribute}_sources": pulumi.Output.from_input(
-                asyncio.ensure_future(_source_names(getattr(host, attribute)))
-            )
-            for attribute in ADDRESS_ATTRIBUTES
-            if getattr(host, attribute) is not None
-        }
-        return {
-            **sources,
-            "host_tag": network.host_tag,
-            "instance_name": host.instance_name,
-            "instance_id": host.instance_id,
-            "ssh_private_key": host.ssh_private_key,
-            "private_ip": host.private_ip,
-            "ssh_address": host.ssh_address,
-            "endpoint_address": host.endpoint_address,
-            "service_account_email": host.service_account_email,
-            "public_ip": host.public_ip,
-            "boot_image": host.boot_image,
-        }
+        for attribute in ADDRESS_ATTRIBUTES
+        if getattr(host, attribute) is not None
+    }
+    return {
+        **sources,
+        "host_tag": network.host_tag,
+        "instance_name": host.instance_name,
+        "instance_id": host.instance_id,
+        "ssh_private_key": host.ssh_private_key,
+        "private_ip": host.private_ip,
+        "endpoint_address": host.endpoint_address,
+        "service_account_email": identity.email,
+        "public_ip": host.public_ip,
+        "boot_image": host.boot_image,
+    }
 
-    return build_components(declare, stack=stack, mocks=mocks)
+
+def build(stack: str, *overrides: dict[str, Any], mocks: RecordingMocks | None = None) -> Plan:
+    """The whole program for stacks/Pulumi.<stack>.yaml with these overrides."""
+    return run_program(
+        stack_config(stack, *overrides), stack=stack, mocks=mocks, observe=observe_host
+    )
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +142,13 @@ def test_the_family_is_resolved_once_and_kept_in_a_stash_replaced_with_host_imag
     stash = prod.one(STASH)
     assert stash.name == "vllm-host-image"
     assert stash.plain == {"input": NEWEST_IMAGE}
-    assert stash.options.replacement_trigger == config.catalogue.DEFAULT_HOST_IMAGE
+    # Replaced with everything that replaces the VM: a new VM boots the family's newest image.
+    assert stash.options.replacement_trigger == {
+        "image": config.catalogue.DEFAULT_HOST_IMAGE,
+        "machineType": "a2-ultragpu-2g",
+        "provisioning": "standard",
+        "zone": "us-central1-a",
+    }
     assert prod.calls == [
         (GET_IMAGE, {"family": ACCELERATOR_FAMILY, "project": ACCELERATOR_PROJECT})
     ]
@@ -219,14 +195,14 @@ def test_metadata_sets_the_startup_script_key_and_the_stack_ssh_key(prod: Plan) 
         "block-project-ssh-keys",
     }
     assert metadata["startup-script"].startswith("#!/usr/bin/env bash\n")
-    assert 'GPU_COUNT="2"' in metadata["startup-script"]
+    assert "readonly GPU_COUNT='2'\n" in metadata["startup-script"]
     assert metadata["ssh-keys"] == "vllm:ssh-ed25519 AAAAmockvllm-ssh-key"
     assert metadata["enable-oslogin"] == "FALSE"
     assert metadata["block-project-ssh-keys"] == "TRUE"
 
 
 def test_ssh_key_is_ed25519_and_its_private_half_a_secret(prod: Plan) -> None:
-    (key,) = prod.of_type("tls:index/privateKey:PrivateKey")
+    key = prod.named("vllm-ssh-key")
     assert key.plain == {"algorithm": "ED25519"}
     assert prod.outputs["ssh_private_key"] == MOCK_SSH_PRIVATE_KEY
     assert "ssh_private_key" in prod.secret_outputs
@@ -259,7 +235,6 @@ def test_network_interface_tags_and_labels(prod: Plan) -> None:
 def test_public_host_is_reached_on_its_public_ip(prod: Plan) -> None:
     assert prod.outputs["public_ip"] == MOCK_PUBLIC_IP
     assert prod.outputs["private_ip"] == MOCK_PRIVATE_IP
-    assert prod.outputs["ssh_address"] == MOCK_PUBLIC_IP
     assert prod.outputs["endpoint_address"] == MOCK_PUBLIC_IP
     assert prod.outputs["instance_id"] == "1234567890"
 
@@ -269,7 +244,6 @@ def test_private_host_has_no_access_config_and_is_reached_inside() -> None:
     (interface,) = instance_inputs(private)["networkInterfaces"]
     assert "accessConfigs" not in interface
     assert private.outputs["public_ip"] is None
-    assert private.outputs["ssh_address"] == MOCK_PRIVATE_IP
     assert private.outputs["endpoint_address"] == MOCK_PRIVATE_IP
     addresses = [r.plain["addressType"] for r in private.of_type("gcp:compute/address:Address")]
     assert addresses == ["INTERNAL"]
@@ -310,7 +284,7 @@ def test_workload_settings_leave_every_instance_input_unchanged(prod: Plan, chan
 def test_a_machine_type_change_changes_the_instance() -> None:
     other = build("prod", {"vllm-gcp:host": {"machineType": "a2-ultragpu-4g"}})
     assert instance_inputs(other)["machineType"] == "a2-ultragpu-4g"
-    assert 'GPU_COUNT="4"' in instance_inputs(other)["metadata"]["startup-script"]
+    assert "readonly GPU_COUNT='4'\n" in instance_inputs(other)["metadata"]["startup-script"]
 
 
 @pytest.mark.parametrize(
@@ -330,27 +304,28 @@ def test_service_account_ids_are_valid_and_distinct_per_stack(name: str, stack: 
 
 
 def test_mirrors_reach_the_startup_script_and_nothing_else() -> None:
-    sources = "Types: deb\nURIs: https://us-central1-apt.pkg.dev/remote/p/r\nSuites: noble\n"
-    mirrored_image = f"us-central1-docker.pkg.dev/p/vllm-prod-dockerhub/{GPU_CHECK_IMAGE}"
-    plain = build("prod", PRIVATE)
-    mirrored = build(
-        "prod",
-        PRIVATE,
-        gpu_check_image=mirrored_image,
-        docker_registry_host="us-central1-docker.pkg.dev",
-        # As the Mirror hands it over: an Output resolving once the repositories' grants exist.
-        apt_mirror=AptMirror("us-central1-apt.pkg.dev", pulumi.Output.from_input(sources)),
-    )
+    without_apt = build("prod", PRIVATE, {"vllm-gcp:mirror": {"aptRemote": False}})
+    mirrored = build("prod", PRIVATE)
+    apt_host = "us-central1-apt.pkg.dev"
+    repositories = {s: repository_id("vllm", "prod", f"ubuntu-{s}") for s in UBUNTU_SUITES}
+    sources = apt_sources(apt_host, "test-project", repositories)
+    docker_repository = repository_id("vllm", "prod", "dockerhub")
     script = instance_inputs(mirrored)["metadata"]["startup-script"]
-    assert 'APT_SOURCES_MODE="mirror"' in script
-    assert 'APT_MIRROR_HOST="us-central1-apt.pkg.dev"' in script
-    assert f'APT_MIRROR_SOURCES_B64="{base64.b64encode(sources.encode()).decode()}"' in script
-    assert 'DOCKER_REGISTRY_HOST="us-central1-docker.pkg.dev"' in script
-    assert f'GPU_CHECK_IMAGE="{mirrored_image}"' in script
-    assert 'APT_SOURCES_MODE="internet"' in instance_inputs(plain)["metadata"]["startup-script"]
+    assert "readonly APT_SOURCES_MODE='mirror'\n" in script
+    assert f"readonly APT_MIRROR_HOST='{apt_host}'\n" in script
+    assert (
+        f"readonly APT_MIRROR_SOURCES_B64='{base64.b64encode(sources.encode()).decode()}'" in script
+    )
+    assert "readonly DOCKER_REGISTRY_HOST='us-central1-docker.pkg.dev'\n" in script
+    assert (
+        "readonly GPU_CHECK_IMAGE='us-central1-docker.pkg.dev/test-project/"
+        f"{docker_repository}/library/{GPU_CHECK_IMAGE}'\n"
+    ) in script
+    plain_script = instance_inputs(without_apt)["metadata"]["startup-script"]
+    assert "readonly APT_SOURCES_MODE='internet'\n" in plain_script
     without_script = [
         {**instance_inputs(b), "metadata": {**instance_inputs(b)["metadata"], "startup-script": ""}}
-        for b in (plain, mirrored)
+        for b in (without_apt, mirrored)
     ]
     assert without_script[0] == without_script[1]
 
@@ -358,14 +333,14 @@ def test_mirrors_reach_the_startup_script_and_nothing_else() -> None:
 def test_addresses_come_from_the_static_addresses_not_the_vm(prod: Plan) -> None:
     # A replaced VM leaves these known and unchanged: the certificate's IP SANs, the Nginx site,
     # the SSH connection and the Kibana connector do not follow the VM.
-    for attribute in ("public_ip", "ssh_address", "endpoint_address"):
+    for attribute in ("public_ip", "endpoint_address"):
         assert prod.outputs[f"{attribute}_sources"] == ["vllm-external-ip"], attribute
     assert prod.outputs["private_ip_sources"] == ["vllm-internal-ip"]
 
 
 def test_private_addresses_come_from_the_static_internal_address() -> None:
     private = build("prod", PRIVATE)
-    for attribute in ("private_ip", "ssh_address", "endpoint_address"):
+    for attribute in ("private_ip", "endpoint_address"):
         assert private.outputs[f"{attribute}_sources"] == ["vllm-internal-ip"], attribute
     assert "public_ip_sources" not in private.outputs
 
@@ -420,3 +395,32 @@ def test_host_image_must_name_its_project_and_image_or_family(image: str) -> Non
         config.validate(stack_config("prod", {"vllm-gcp:host": {"image": image}}), "prod")
     assert [p.key for p in refused.value.problems] == ["vllm-gcp:host.image"]
     assert "projects/PROJECT/global/images/family/FAMILY" in str(refused.value)
+
+
+def test_resources_that_moved_keep_their_identity_through_aliases(prod: Plan) -> None:
+    # The service account, its grants and the host-ready step lived in other components: the
+    # aliases keep existing stacks' resources (and the VM running as that account) in place.
+    host_urn = "urn:pulumi:prod::vllm-gcp::vllm-gcp:host:GpuHost::vllm"
+    server_urn = "urn:pulumi:prod::vllm-gcp::vllm-gcp:vllm_server:VllmServer::vllm"
+    moved = {r.name: r.options.alias_parents for r in prod.resources if r.options.alias_parents}
+    assert moved == {
+        "vllm-host-sa": (host_urn,),
+        "vllm-host-logging-logwriter": (host_urn,),
+        "vllm-host-monitoring-metricwriter": (host_urn,),
+        "vllm-host-ready": (server_urn,),
+    }
+
+
+def test_the_first_step_dials_a_booting_vm_longer_than_the_later_ones(prod: Plan) -> None:
+    attempts = {
+        c.name: c.plain["connection"]["dialErrorLimit"]
+        for c in prod.of_type("command:remote:Command")
+    }
+    # Never unlimited: a limit reached reports the cause, a timeout does not.
+    assert attempts == {
+        "vllm-host-ready": 60,
+        "vllm-secrets": 10,
+        "vllm-run": 10,
+        "vllm-serving": 10,
+        "vllm-nginx-site": 10,
+    }

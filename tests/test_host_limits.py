@@ -11,13 +11,11 @@ import re
 import subprocess
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
-from pulumi.runtime.mocks import MockMonitor
 
+from components.host_bundle import run_script
 from components.remote_access import step_command
-from components.vllm_server import install_script
 from tests.harness import (
     MOCK_PRIVATE_IP,
     MOCK_SSH_PRIVATE_KEY,
@@ -46,7 +44,7 @@ _WRAPPER = re.compile(
 DEFAULT_LIMITS = {
     "vllm-host-ready": ("user", 29 * 60),
     "vllm-secrets": ("user", 4 * 60),
-    "vllm-run": ("user", 44 * 60),
+    "vllm-run": ("user", 74 * 60),
     "vllm-serving": ("user", 64 * 60),
     "vllm-nginx-site": ("root", 9 * 60),
 }
@@ -112,7 +110,7 @@ def test_the_wrapper_runs_the_script_verbatim_with_its_stdin(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("as_root", [False, True])
 def test_the_wrapped_command_passes_shellcheck_in_any_login_shell(as_root: bool) -> None:
-    script = install_script("vllm/vllm-openai:v0.32.0", REGISTRY)
+    script = run_script("vllm/vllm-openai:v0.32.0", REGISTRY)
     command = step_command(script, 60, as_root=as_root)
     assert_shell_clean(command)
     assert_shell_clean(command, dialect="sh")
@@ -129,19 +127,11 @@ def test_the_wrapper_refuses_a_script_that_would_end_its_here_document() -> None
 
 def plan_recording_dependencies(
     *overrides: dict[str, Any],
-) -> tuple[Plan, dict[str, list[str]]]:
+) -> tuple[Plan, dict[str, tuple[str, ...]]]:
     """The prod stack planned with these overrides, and the URNs each resource depends on (as
-    the engine would receive them)."""
-    dependencies: dict[str, list[str]] = {}
-    register = MockMonitor.RegisterResource
-
-    def recording(self: MockMonitor, request: Any) -> Any:
-        dependencies[request.name] = list(request.dependencies)
-        return register(self, request)
-
-    with mock.patch.object(MockMonitor, "RegisterResource", recording):
-        plan = run_program(stack_config("prod", *overrides), stack="prod")
-    return plan, dependencies
+    its registration declared them to the engine)."""
+    plan = run_program(stack_config("prod", *overrides), stack="prod")
+    return plan, {r.name: r.options.dependencies for r in plan.resources}
 
 
 def test_a_jump_host_gets_a_first_contact_before_the_first_remote_step() -> None:

@@ -14,16 +14,18 @@ import pulumi
 import pytest
 
 from components.config import MirrorConfig, ModelConfig
+from components.host_bundle import AptMirror
 from components.mirror import (
     OBJECT_VIEWER_ROLE,
     READER_ROLE,
     UBUNTU_SUITES,
     Mirror,
     MirrorArgs,
-    MirrorLayout,
+    apt_sources,
     docker_hub_path,
     gcs_location,
     prefix_read_condition,
+    repository_id,
 )
 from tests.harness import Plan, build_components
 
@@ -34,10 +36,6 @@ WEIGHTS_URI = "gs://weights-bucket/models/mistral"
 REPOSITORY = "gcp:artifactregistry/repository:Repository"
 REPOSITORY_GRANT = "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember"
 BUCKET_GRANT = "gcp:storage/bucketIAMMember:BucketIAMMember"
-
-
-def layout(docker: bool = True, apt: bool = True, stack: str = "dev") -> MirrorLayout:
-    return MirrorLayout("vllm", stack, "test-project", "us-central1", docker, apt)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,38 +62,23 @@ def test_docker_hub_path(reference: str, path: str | None) -> None:
     assert docker_hub_path(reference) == path
 
 
-def test_image_is_rewritten_to_the_remote_repository() -> None:
-    assert layout().image("vllm/vllm-openai:v0.32.0") == (
-        "us-central1-docker.pkg.dev/test-project/vllm-dev-dockerhub/vllm/vllm-openai:v0.32.0"
-    )
-    assert layout().image("nginx:1.27") == (
-        "us-central1-docker.pkg.dev/test-project/vllm-dev-dockerhub/library/nginx:1.27"
-    )
-    assert layout().registry_host == "us-central1-docker.pkg.dev"
-
-
-def test_image_is_unchanged_without_the_docker_mirror_or_off_docker_hub() -> None:
-    assert layout(docker=False).image("vllm/vllm-openai:v0.32.0") == "vllm/vllm-openai:v0.32.0"
-    assert layout(docker=False).registry_host is None
-    assert layout().image("nvcr.io/nvidia/cuda:12.8.1") == "nvcr.io/nvidia/cuda:12.8.1"
-
-
 def test_repository_ids_are_valid_and_fit_for_any_stack_name() -> None:
     long_stack = "Feature_Branch.With-A-Very-Long-Name-For-Testing-Purposes-1234567890"
     for stack in ("dev", "prod", long_stack, "a.b_c"):
-        ids = [layout(stack=stack).docker_repository_id] + [
-            layout(stack=stack).apt_repository_id(suite) for suite in UBUNTU_SUITES
-        ]
-        for repository_id in ids:
-            assert len(repository_id) <= 63
-            assert re.fullmatch(r"[a-z]([a-z0-9-]*[a-z0-9])?", repository_id), repository_id
+        purposes = ["dockerhub", *(f"ubuntu-{suite}" for suite in UBUNTU_SUITES)]
+        ids = [repository_id("vllm", stack, purpose) for purpose in purposes]
+        for identifier in ids:
+            assert len(identifier) <= 63
+            assert re.fullmatch(r"[a-z]([a-z0-9-]*[a-z0-9])?", identifier), identifier
         assert len(set(ids)) == len(ids)
-    assert layout(stack="prod").docker_repository_id == "vllm-prod-dockerhub"
+    assert repository_id("vllm", "prod", "dockerhub") == "vllm-prod-dockerhub"
 
 
-def test_apt_repositories_are_deb822_sources_for_each_suite() -> None:
-    text = layout().apt_repositories
-    assert text is not None
+APT_IDS = {suite: f"vllm-dev-ubuntu-{suite}" for suite in UBUNTU_SUITES}
+
+
+def test_apt_sources_are_deb822_sources_for_each_suite() -> None:
+    text = apt_sources("us-central1-apt.pkg.dev", "test-project", APT_IDS)
     stanzas = text.strip().split("\n\n")
     assert len(stanzas) == len(UBUNTU_SUITES)
     for suite, stanza in zip(UBUNTU_SUITES, stanzas, strict=True):
@@ -107,9 +90,6 @@ def test_apt_repositories_are_deb822_sources_for_each_suite() -> None:
             "Components": "main restricted universe multiverse",
             "Signed-By": "/usr/share/keyrings/ubuntu-archive-keyring.gpg",
         }
-    assert layout().apt_host == "us-central1-apt.pkg.dev"
-    assert layout(apt=False).apt_repositories is None
-    assert layout(apt=False).apt_host is None
 
 
 def test_gcs_location() -> None:
@@ -155,7 +135,9 @@ def build(mirror: MirrorConfig, model: ModelConfig) -> Plan:
             "registry_host": component.registry_host,
             "grants": len(component.grants),
             "vllm_image": component.vllm_image,
-            "apt_repositories": component.apt_repositories,
+            "apt_mirror": component.apt_mirror,
+            "nginx_image": component.image("nginx:1.27"),
+            "cuda_image": component.image("nvcr.io/nvidia/cuda:12.8.1"),
         }
 
     return build_components(declare)
@@ -171,7 +153,10 @@ def test_nothing_is_created_when_every_switch_is_off() -> None:
         "registry_host": None,
         "grants": 0,
         "vllm_image": ModelConfig().image,
-        "apt_repositories": None,
+        "apt_mirror": None,
+        # No Docker mirror: every image as configured.
+        "nginx_image": "nginx:1.27",
+        "cuda_image": "nvcr.io/nvidia/cuda:12.8.1",
     }
 
 
@@ -198,8 +183,13 @@ def test_docker_remote_repository_and_its_reader_grant() -> None:
     assert built.outputs["vllm_image"] == (
         "us-central1-docker.pkg.dev/test-project/vllm-dev-dockerhub/vllm/vllm-openai:v0.32.0"
     )
+    assert built.outputs["nginx_image"] == (
+        "us-central1-docker.pkg.dev/test-project/vllm-dev-dockerhub/library/nginx:1.27"
+    )
+    # Off Docker Hub: the remote repository cannot serve it.
+    assert built.outputs["cuda_image"] == "nvcr.io/nvidia/cuda:12.8.1"
     assert not built.of_type(BUCKET_GRANT)
-    assert built.outputs["apt_repositories"] is None
+    assert built.outputs["apt_mirror"] is None
 
 
 def test_apt_remote_repositories_for_the_ubuntu_archive_and_their_grants() -> None:
@@ -223,7 +213,10 @@ def test_apt_remote_repositories_for_the_ubuntu_archive_and_their_grants() -> No
         r.plain["repositoryId"] for r in repositories
     )
     assert {g.plain["role"] for g in grants} == {READER_ROLE}
-    assert built.outputs["apt_repositories"] == layout(docker=False).apt_repositories
+    assert built.outputs["apt_mirror"] == AptMirror(
+        "us-central1-apt.pkg.dev",
+        apt_sources("us-central1-apt.pkg.dev", "test-project", APT_IDS),
+    )
     assert (
         built.outputs["vllm_image"] == ModelConfig().image
     )  # no Docker mirror: pulled as configured

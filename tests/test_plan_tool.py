@@ -1,4 +1,5 @@
-"""The offline plan: both stacks validate, print what a reviewer needs and write redacted files."""
+"""The offline plan (`vllm-gcp plan`): both stacks validate, print what a reviewer needs and write
+redacted files."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from tests.harness import (
     MOCK_SECRETS,
     ROOT,
 )
-from tools import plan
+from tools import cli, plan
+
+
+def _plan(*argv: str) -> int:
+    """`vllm-gcp plan ARGV`, in this process."""
+    return cli.main(["plan", *argv])
 
 
 def _assert_no_secret(directory: Path, secrets: tuple[str, ...]) -> None:
@@ -32,7 +38,7 @@ def test_each_stack_plans_and_writes_the_host_files_redacted(
     stack: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "plan"
-    assert plan.main([stack, "--out", str(out)]) == 0
+    assert _plan(stack, "--out", str(out)) == 0
     printed = capsys.readouterr().out
     machine = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"][
         "vllm-gcp:host"
@@ -63,8 +69,8 @@ def test_each_stack_plans_and_writes_the_host_files_redacted(
 def test_a_config_error_prints_every_problem_and_exits_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = plan.main(
-        ["prod", "--set", "vllm-gcp:model.tensorParallelSize=3", "--set", "gcp:zone=nowhere"]
+    code = _plan(
+        "prod", "--set", "vllm-gcp:model.tensorParallelSize=3", "--set", "gcp:zone=nowhere"
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -74,19 +80,19 @@ def test_a_config_error_prints_every_problem_and_exits_2(
 
 def test_set_replaces_a_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["dev", "--set", "gcp:project=my-project", "--set", "access.sshCidrs=[203.0.113.7/32]"]
-    assert plan.main(argv) == 0
+    assert _plan(*argv) == 0
     printed = capsys.readouterr().out
     assert "Placeholders" not in printed
     assert "sourceRanges: 203.0.113.7/32" in printed
 
 
 def test_set_refuses_a_secret(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plan.main(["dev", "--set", "vllm-gcp:huggingFaceToken=hf_real"]) == 2
+    assert _plan("dev", "--set", "vllm-gcp:huggingFaceToken=hf_real") == 2
     assert "never reads secrets" in capsys.readouterr().err
 
 
 def test_an_unknown_stack_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plan.main(["nosuch"]) == 2
+    assert _plan("nosuch") == 2
     assert "stacks: dev, prod" in capsys.readouterr().err
 
 
@@ -103,7 +109,7 @@ def test_encrypted_secrets_get_redacted_stand_ins(
     read = plan.read_stack("review")
     out = tmp_path / "out"
 
-    assert plan.main(["review", "--out", str(out)]) == 0
+    assert _plan("review", "--out", str(out)) == 0
     printed = capsys.readouterr().out
     assert "Stand-ins for the stack's secrets: huggingFaceToken, tlsCertificate, tlsPrivateKey" in (
         printed

@@ -17,13 +17,13 @@ import httpx
 import openai
 import pytest
 
-from components.tls_proxy import (
+from components.host_bundle import (
     ProxyPaths,
     SiteSettings,
-    bundle,
-    configure_script,
+    file_bundle,
     letsencrypt_script,
-    render_site,
+    nginx_site,
+    proxy_script,
 )
 from tools.standins.nginx import NGINX, NginxProxy, free_port, main_config
 from tools.standins.openai_upstream import OpenAIUpstream
@@ -355,7 +355,7 @@ def test_events_stream_through_unbuffered_and_slow_replies_survive() -> None:
         response = http.post("/v1/chat/completions", headers=AUTH, json=body)
         assert response.status_code == 200
         assert time.monotonic() - start > delay * tokens * 0.9
-    timeouts = re.findall(r"proxy_(read|send)_timeout (\d+)s;", proxy.site_text)
+    timeouts = re.findall(r'proxy_(read|send)_timeout "(\d+)s";', proxy.site_text)
     assert {kind for kind, _ in timeouts} == {"read", "send"}
     assert all(int(seconds) >= 600 for _, seconds in timeouts)
 
@@ -486,14 +486,14 @@ class HostLayout:
 
 def _site_and_pki(layout: HostLayout, api_key: str = KEY) -> dict[str, str]:
     pki = loopback_pki()
-    site = render_site(layout.site_settings(api_key))
+    site = nginx_site(layout.site_settings(api_key))
     return {"site": site, "certificate": pki.certificate_pem, "private_key": pki.key_pem}
 
 
 def test_configure_step_installs_root_only_files_and_reloads(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "host")
     files = _site_and_pki(layout)
-    result = layout.run(configure_script(layout.paths), bundle(files))
+    result = layout.run(proxy_script(layout.paths), file_bundle(files))
     assert result.returncode == 0, result.stderr
     for path, content in (
         (layout.paths.site, files["site"]),
@@ -516,13 +516,13 @@ def test_configure_step_installs_root_only_files_and_reloads(tmp_path: Path) -> 
 def test_configure_step_rolls_back_a_config_nginx_rejects(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "host")
     good = _site_and_pki(layout)
-    assert layout.run(configure_script(layout.paths), bundle(good)).returncode == 0
+    assert layout.run(proxy_script(layout.paths), file_bundle(good)).returncode == 0
     layout.systemctl_log.unlink()
     broken = {
         **good,
         "site": good["site"].replace("proxy_buffering off;", "proxy_buffering maybe;"),
     }
-    result = layout.run(configure_script(layout.paths), bundle(broken))
+    result = layout.run(proxy_script(layout.paths), file_bundle(broken))
     assert result.returncode == 1
     assert "proxy_buffering" in result.stderr and "nginx -t rejected" in result.stderr
     assert Path(layout.paths.site).read_text() == good["site"]
@@ -535,7 +535,7 @@ def test_configure_step_first_failure_restores_the_default_site(tmp_path: Path) 
     layout = HostLayout(tmp_path / "host")
     files = _site_and_pki(layout)
     files["site"] = files["site"].replace("ssl_session_tickets off;", "ssl_session_tickets nope;")
-    result = layout.run(configure_script(layout.paths), bundle(files))
+    result = layout.run(proxy_script(layout.paths), file_bundle(files))
     assert result.returncode == 1
     assert not Path(layout.paths.site).exists()
     assert not Path(layout.paths.certificate_key).exists()
@@ -545,10 +545,10 @@ def test_configure_step_first_failure_restores_the_default_site(tmp_path: Path) 
 
 def test_configure_step_refuses_unknown_input(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "host")
-    result = layout.run(configure_script(layout.paths), bundle({"other": "x"}))
+    result = layout.run(proxy_script(layout.paths), file_bundle({"other": "x"}))
     assert result.returncode == 1
     assert "unknown file 'other'" in result.stderr
-    result = layout.run(configure_script(layout.paths), "")
+    result = layout.run(proxy_script(layout.paths), "")
     assert result.returncode == 1
     assert "no site on stdin" in result.stderr
 

@@ -1,4 +1,4 @@
-"""The smoke test against the real Nginx site in front of the OpenAI stand-in."""
+"""The smoke test (`vllm-gcp smoke`) against the real Nginx site in front of the OpenAI stand-in."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tools import smoke_test
-from tools.endpoint_args import Endpoint, normalise_base_url
+from tools import cli, smoke_test
+from tools.endpoint import Endpoint, normalise_base_url
 from tools.standins.nginx import NginxProxy, free_port
 from tools.standins.openai_upstream import OpenAIUpstream
 
@@ -34,7 +34,8 @@ def _args(nginx: NginxProxy, *extra: str, api_key: str = API_KEY) -> list[str]:
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = smoke_test.main(argv)
+    """`vllm-gcp smoke ARGV`, in this process: its exit code and what it printed."""
+    code = cli.main(["smoke", *argv])
     return code, capsys.readouterr().out
 
 
@@ -144,7 +145,7 @@ def test_stack_reads_the_outputs_and_trusts_their_ca(
 def test_explicit_arguments_are_required_without_a_stack(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert smoke_test.main(["--endpoint", "https://example.com"]) == 2
+    assert cli.main(["smoke", "--endpoint", "https://example.com"]) == 2
     assert "--api-key, --model" in capsys.readouterr().err
 
 

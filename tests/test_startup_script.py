@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from components import catalogue, host_paths
-from components.host import GPU_CHECK_IMAGE, startup_script
+from components.host_bundle import GPU_CHECK_IMAGE, AptMirror, startup_script
+from components.render import TemplateError
 from tests.harness import ROOT, assert_shell_clean
 
 STANDIN = ROOT / "tests" / "fakebin" / "standin.sh"
@@ -181,21 +182,26 @@ def test_rendered_script_passes_bash_n_and_shellcheck() -> None:
 def test_rendered_script_carries_the_host_contract() -> None:
     script = startup_script(A2_ULTRA_2G)
     assert "{{" not in script
-    assert 'GPU_COUNT="2"' in script
-    assert f'GPU_CHECK_IMAGE="{GPU_CHECK_IMAGE}"' in script
+    assert "readonly GPU_COUNT='2'\n" in script
+    assert f"readonly GPU_CHECK_IMAGE='{GPU_CHECK_IMAGE}'\n" in script
     for path in (
         host_paths.READY_MARKER,
         host_paths.STARTUP_FAILED_MARKER,
         host_paths.STARTUP_LOG,
         host_paths.CACHE_DIR,
+        host_paths.REBOOTING_MARKER,
+        host_paths.REGISTRY_LOGIN_PATH,
     ):
-        assert f'"${{ROOT}}{path}"' in script
-    assert 'GPU_COUNT="1"' in startup_script(G2_STANDARD_8)
+        assert f"\"${{ROOT}}\"'{path}'\n" in script
+    assert "readonly GPU_COUNT='1'\n" in startup_script(G2_STANDARD_8)
 
 
-def test_rendering_refuses_a_value_that_could_escape_its_quotes() -> None:
-    with pytest.raises(ValueError, match="GPU_CHECK_IMAGE"):
-        startup_script(A2_ULTRA_2G, gpu_check_image='x"; reboot; "')
+def test_a_hostile_value_stays_one_word_and_a_control_character_is_refused() -> None:
+    script = startup_script(A2_ULTRA_2G, gpu_check_image="x'; reboot; '")
+    assert "readonly GPU_CHECK_IMAGE='x'\\''; reboot; '\\'''\n" in script
+    assert_shell_clean(script)
+    with pytest.raises(TemplateError, match="control character"):
+        startup_script(A2_ULTRA_2G, gpu_check_image="ubuntu:24.04\nreboot")
 
 
 def test_first_boot_installs_what_is_missing_and_marks_ready(a2_host: Host) -> None:
@@ -439,8 +445,7 @@ def make_mirrored_host(base: Path) -> Host:
         A2_ULTRA_2G,
         gpu_check_image=MIRRORED_CHECK_IMAGE,
         docker_registry_host="us-central1-docker.pkg.dev",
-        apt_mirror_host="us-central1-apt.pkg.dev",
-        apt_mirror_sources=MIRROR_SOURCES,
+        apt_mirror=AptMirror("us-central1-apt.pkg.dev", MIRROR_SOURCES),
     )
     host = Host(base, A2_ULTRA_2G).setup(script=script)
     sources = host.path("/etc/apt/sources.list.d/ubuntu.sources")
@@ -490,6 +495,16 @@ def test_a_docker_mirror_logs_in_with_the_token_on_stdin_and_pulls_from_it(
     assert f"docker run --rm --gpus all {MIRRORED_CHECK_IMAGE} nvidia-smi" in boot.calls
 
 
+def test_the_docker_mirror_login_helper_is_installed_for_the_run_step_and_the_unit(
+    mirrored: tuple[Host, Boot],
+) -> None:
+    mirrored_host, _ = mirrored
+    helper = mirrored_host.path(host_paths.REGISTRY_LOGIN_PATH)
+    source = (ROOT / "scripts" / "registry_login.sh").read_text()
+    assert helper.read_text() == source.rstrip() + "\n# --- end of registry_login.sh\n"
+    assert helper.stat().st_mode & 0o777 == 0o755
+
+
 def test_the_access_token_is_never_logged_nor_on_a_command_line(
     mirrored: tuple[Host, Boot],
 ) -> None:
@@ -513,11 +528,7 @@ def test_mirror_hosts_other_than_artifact_registry_are_refused() -> None:
     with pytest.raises(ValueError, match="Docker host"):
         startup_script(A2_ULTRA_2G, docker_registry_host="evil.example.com")
     with pytest.raises(ValueError, match="apt host"):
-        startup_script(
-            A2_ULTRA_2G, apt_mirror_host="evil.example.com", apt_mirror_sources=MIRROR_SOURCES
-        )
-    with pytest.raises(ValueError, match="both"):
-        startup_script(A2_ULTRA_2G, apt_mirror_host="us-central1-apt.pkg.dev")
+        startup_script(A2_ULTRA_2G, apt_mirror=AptMirror("evil.example.com", MIRROR_SOURCES))
 
 
 # --- unattended-upgrades --------------------------------------------------------------------------

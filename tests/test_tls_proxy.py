@@ -16,17 +16,15 @@ import pytest
 from pulumi_command import remote
 
 from components.config import AccessConfig, TlsConfig
-from components.templates import render
-from components.tls_proxy import (
-    SERVER_VALIDITY_HOURS,
+from components.host_bundle import (
     SiteSettings,
-    TlsProxy,
-    TlsProxyArgs,
     access_rules,
-    configure_script,
     letsencrypt_script,
-    render_site,
+    nginx_site,
+    proxy_script,
 )
+from components.render import render
+from components.tls_proxy import SERVER_VALIDITY_HOURS, TlsProxy, TlsProxyArgs
 from tests.harness import (
     MOCK_API_KEY,
     MOCK_PUBLIC_IP,
@@ -116,7 +114,7 @@ def test_self_signed_with_a_domain_names_it_and_uses_it_as_the_host() -> None:
     assert request["dnsNames"] == ["llm.example.com"]
     assert request["ipAddresses"] == [MOCK_PUBLIC_IP]
     assert built.outputs["endpoint_host"] == "llm.example.com"
-    assert "server_name llm.example.com;" in site_bundle(built)["site"]
+    assert 'server_name "llm.example.com";' in site_bundle(built)["site"]
 
 
 def test_key_material_and_token_travel_only_in_the_secret_stdin() -> None:
@@ -157,22 +155,24 @@ def test_letsencrypt_runs_certbot_before_the_site_and_uses_its_paths() -> None:
     assert not [r for r in built.resources if r.type.startswith("tls:")]
     acme = built.named("vllm-letsencrypt").inputs
     assert "certbot certonly" in acme["create"]
-    for value in ('DOMAIN="llm.example.com"', 'EMAIL="ops@example.com"', MOCK_PUBLIC_IP):
+    for value in ("DOMAIN='llm.example.com'", "EMAIL='ops@example.com'", MOCK_PUBLIC_IP):
         assert value in acme["create"]
     assert acme["triggers"] == ["1234567890"]
     files = site_bundle(built)
     assert set(files) == {"site"}
-    assert "ssl_certificate /etc/letsencrypt/live/llm.example.com/fullchain.pem;" in files["site"]
-    assert "ssl_certificate_key /etc/letsencrypt/live/llm.example.com/privkey.pem;" in files["site"]
+    assert 'ssl_certificate "/etc/letsencrypt/live/llm.example.com/fullchain.pem";' in files["site"]
+    assert (
+        'ssl_certificate_key "/etc/letsencrypt/live/llm.example.com/privkey.pem";' in files["site"]
+    )
     assert built.outputs["ca_certificate"] is None
 
 
 def test_api_cidrs_reach_the_site() -> None:
     access = AccessConfig(api_cidrs=["10.0.0.0/8", "203.0.113.7/32"], ssh_cidrs=["10.1.0.0/16"])
     site = site_bundle(build(TlsConfig(), access))["site"]
-    assert "    allow 10.0.0.0/8;\n    allow 203.0.113.7/32;\n    deny all;" in site
+    assert '    allow "10.0.0.0/8";\n    allow "203.0.113.7/32";\n    deny "all";' in site
     open_site = site_bundle(build(TlsConfig()))["site"]
-    assert "deny all;" not in open_site
+    assert "deny" not in open_site
 
 
 # --- the pure parts -------------------------------------------------------------------------------
@@ -180,7 +180,10 @@ def test_api_cidrs_reach_the_site() -> None:
 
 def test_access_rules() -> None:
     assert "allow" not in access_rules(["0.0.0.0/0", "10.0.0.0/8"])
-    assert access_rules(["10.0.0.0/8"]).splitlines() == ["    allow 10.0.0.0/8;", "    deny all;"]
+    assert access_rules(["10.0.0.0/8"]).splitlines() == [
+        '    allow "10.0.0.0/8";',
+        '    deny "all";',
+    ]
 
 
 @pytest.mark.parametrize(
@@ -199,23 +202,23 @@ def test_access_rules() -> None:
 def test_render_site_refuses_values_that_would_change_its_meaning(field: str, value: str) -> None:
     settings: dict[str, Any] = {"api_key": "k", "server_name": "203.0.113.10", field: value}
     with pytest.raises(ValueError, match=r"."):
-        render_site(SiteSettings(**settings))
+        nginx_site(SiteSettings(**settings))
 
 
 def test_host_site_has_the_promised_limits() -> None:
-    site = render_site(SiteSettings(api_key=MOCK_API_KEY, server_name=MOCK_PUBLIC_IP))
+    site = nginx_site(SiteSettings(api_key=MOCK_API_KEY, server_name=MOCK_PUBLIC_IP))
     for line in (
-        "listen 443 ssl default_server;",
-        "listen 80 default_server;",
+        'listen "443" ssl default_server;',
+        'listen "80" default_server;',
         "ssl_protocols TLSv1.2 TLSv1.3;",
-        "server 127.0.0.1:8000;",
-        "proxy_read_timeout 900s;",
-        "proxy_send_timeout 900s;",
-        "client_max_body_size 32m;",
+        'server "127.0.0.1:8000";',
+        'proxy_read_timeout "900s";',
+        'proxy_send_timeout "900s";',
+        'client_max_body_size "32m";',
         "proxy_buffering off;",
         "proxy_http_version 1.1;",
         "server_tokens off;",
-        "ssl_certificate /etc/vllm-gcp/tls/server.crt;",
+        'ssl_certificate "/etc/vllm-gcp/tls/server.crt";',
     ):
         assert line in site
     assert "$http_authorization" not in site.split("log_format", 1)[1].split(";", 1)[0]
@@ -224,7 +227,7 @@ def test_host_site_has_the_promised_limits() -> None:
 # --- the shell ------------------------------------------------------------------------------------
 
 SCRIPTS: dict[str, Callable[[], str]] = {
-    "configure_proxy.sh": configure_script,
+    "configure_proxy.sh": proxy_script,
     "letsencrypt.sh": lambda: letsencrypt_script("llm.example.com", "ops@example.com", "1.2.3.4"),
 }
 

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from components import host_paths
-from components import vllm_server as vllm
+from components import host_bundle as bundle
+from components import host_paths, vllm_server
 from components.config import ModelConfig
 from components.remote_access import step_command, step_limit_seconds
-from tests.harness import assert_shell_clean
-from tests.test_vllm_server import systemd_split
+from tests.harness import assert_shell_clean, systemd_split
 
 FAKEBIN = Path(__file__).resolve().parent / "fakebin_vllm"
 SCRIPTS = ("wait_host_ready.sh", "write_secrets.sh", "install_vllm.sh", "wait_serving.sh")
@@ -28,7 +27,7 @@ API_KEY = "k3yABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs"
 HF_TOKEN = "hf_standintoken0123456789"
 SERVED_NAME = "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
 MODELS_BODY = f'{{"object":"list","data":[{{"id":"{SERVED_NAME}","object":"model"}}]}}'
-MARKER = f"{vllm.OFFLINE_MARKER_DIR}/served-0123456789abcdef.env"
+MARKER = f"{bundle.OFFLINE_MARKER_DIR}/served-0123456789abcdef.env"
 FAST = {"VLLM_GCP_POLL_SECONDS": "0.05", "VLLM_GCP_PROGRESS_SECONDS": "0"}
 
 
@@ -104,26 +103,19 @@ def host(tmp_path: Path) -> Host:
 
 
 def wait_host_script(timeout_seconds: int = 600) -> str:
-    return vllm.wait_host_ready_script(timeout_seconds)
+    return bundle.host_ready_script(timeout_seconds)
 
 
 def secrets_script() -> str:
-    return vllm.secrets_script()
+    return bundle.secrets_script()
 
 
-def install_script(
-    image: str = "vllm/vllm-openai:v0.32.0", registry_host: str = "", login_script: str = ""
-) -> str:
-    return vllm.install_script(
-        image,
-        registry_host or None,
-        cache_dirs=(vllm.HF_CACHE_DIR, vllm.VLLM_CACHE_DIR),
-        login_script=login_script,
-    )
+def install_script(image: str = "vllm/vllm-openai:v0.32.0", registry_host: str = "") -> str:
+    return bundle.run_script(image, registry_host or None)
 
 
 def serving_script(served_name: str = SERVED_NAME, marker: str = MARKER) -> str:
-    return vllm.serving_script(served_name, marker, timeout_seconds=600)
+    return bundle.serving_script(served_name, marker, timeout_seconds=600)
 
 
 def unit_shell(
@@ -131,8 +123,8 @@ def unit_shell(
 ) -> list[str]:
     """The unit's `/bin/sh -c SCRIPT <program> ARGS...` pre-start command, split as by systemd."""
     image = "vllm/vllm-openai:v0.32.0"
-    spec = vllm.container_spec(model or ModelConfig(), 2, image)
-    unit = vllm.render_unit(spec, image, registry_host)
+    spec = bundle.container_spec(model or ModelConfig(), 2, image)
+    unit = bundle.vllm_unit(spec, image, registry_host)
     for line in unit.splitlines():
         if not line.startswith("ExecStartPre="):
             continue
@@ -292,7 +284,7 @@ def test_wait_host_times_out_with_the_startup_log(host: Host) -> None:
 
 
 def test_secrets_are_written_root_only_from_stdin_and_never_echoed(host: Host) -> None:
-    content = vllm.secrets_env(API_KEY, HF_TOKEN)
+    content = bundle.secrets_env(API_KEY, HF_TOKEN)
     result = host.run(secrets_script(), stdin=content)
     assert result.returncode == 0, result.stderr
     written = host.path(host_paths.SECRETS_ENV_FILE)
@@ -306,7 +298,7 @@ def test_secrets_are_written_root_only_from_stdin_and_never_echoed(host: Host) -
 
 
 def test_secrets_without_a_key_leave_the_old_file(host: Host) -> None:
-    assert host.run(secrets_script(), stdin=vllm.secrets_env(API_KEY, None)).returncode == 0
+    assert host.run(secrets_script(), stdin=bundle.secrets_env(API_KEY, None)).returncode == 0
     result = host.run(secrets_script(), stdin="HF_TOKEN=hf_x\n")
     assert result.returncode == 1
     assert "no VLLM_API_KEY" in result.stderr
@@ -321,37 +313,39 @@ def test_install_pulls_writes_the_unit_and_restarts(host: Host) -> None:
     unit = "[Service]\nExecStart=/usr/bin/docker run vllm\n"
     result = host.run(install_script(), stdin=unit)
     assert result.returncode == 0, result.stderr
-    assert host.path(f"/etc/systemd/system/{vllm.SERVICE_NAME}").read_text() == unit
-    assert host.path(vllm.HF_CACHE_DIR).is_dir()
-    assert host.path(vllm.VLLM_CACHE_DIR).is_dir()
+    assert host.path(f"/etc/systemd/system/{bundle.SERVICE_NAME}").read_text() == unit
+    assert host.path(bundle.HF_CACHE_DIR).is_dir()
+    assert host.path(bundle.VLLM_CACHE_DIR).is_dir()
     calls = [c for c in host.calls() if not c.startswith("sudo ")]
     assert calls == [
         "docker pull vllm/vllm-openai:v0.32.0",
         "systemctl daemon-reload",
-        f"systemctl enable --quiet {vllm.SERVICE_NAME}",
-        f"systemctl restart {vllm.SERVICE_NAME}",
+        f"systemctl enable --quiet {bundle.SERVICE_NAME}",
+        f"systemctl restart {bundle.SERVICE_NAME}",
     ]
 
 
 def test_install_makes_the_caches_root_only_even_where_they_exist(host: Host) -> None:
     # vLLM before PR #52523 wrote the key into the compile cache (cache_key_factors.json).
-    host.path(vllm.VLLM_CACHE_DIR).mkdir(parents=True, mode=0o755)
-    host.path(vllm.VLLM_CACHE_DIR).chmod(0o755)
+    host.path(bundle.VLLM_CACHE_DIR).mkdir(parents=True, mode=0o755)
+    host.path(bundle.VLLM_CACHE_DIR).chmod(0o755)
     result = host.run(install_script(), stdin="ExecStart=/usr/bin/docker run vllm\n")
     assert result.returncode == 0, result.stderr
-    for directory in (vllm.HF_CACHE_DIR, vllm.VLLM_CACHE_DIR):
+    for directory in (bundle.HF_CACHE_DIR, bundle.VLLM_CACHE_DIR):
         assert stat.S_IMODE(host.path(directory).stat().st_mode) == 0o700, directory
 
 
 def test_install_logs_in_to_the_mirror_before_pulling(host: Host) -> None:
-    recorder = '#!/usr/bin/env bash\necho "registry-login $*" >>"$FAKE_STATE/calls"\n'
+    # The helper the startup script installed (tests/test_startup_script.py), as a recorder.
+    login = host.write(
+        host_paths.REGISTRY_LOGIN_PATH,
+        '#!/usr/bin/env bash\necho "registry-login $*" >>"$FAKE_STATE/calls"\n',
+    )
+    login.chmod(0o755)
     mirror = "us-central1-docker.pkg.dev/p/r/vllm/vllm-openai:v0.32.0"
-    script = install_script(mirror, "us-central1-docker.pkg.dev", recorder)
+    script = install_script(mirror, "us-central1-docker.pkg.dev")
     result = host.run(script, stdin="ExecStart=/usr/bin/docker run vllm\n")
     assert result.returncode == 0, result.stderr
-    login = host.path(vllm.REGISTRY_LOGIN_PATH)
-    assert login.read_text() == recorder
-    assert os.access(login, os.X_OK)
     calls = [c for c in host.calls() if not c.startswith("sudo ")]
     assert calls[:2] == ["registry-login us-central1-docker.pkg.dev", f"docker pull {mirror}"]
 
@@ -361,7 +355,7 @@ def test_install_fails_on_a_bad_image_before_touching_the_unit(host: Host) -> No
     result = host.run(install_script("vllm/vllm-openai:v9.9.9"), stdin="ExecStart=/bin/true\n")
     assert result.returncode != 0
     assert "manifest unknown" in result.stderr
-    assert not host.path(f"/etc/systemd/system/{vllm.SERVICE_NAME}").exists()
+    assert not host.path(f"/etc/systemd/system/{bundle.SERVICE_NAME}").exists()
 
 
 def test_install_fails_with_the_journal_when_the_service_does_not_start(host: Host) -> None:
@@ -373,7 +367,7 @@ def test_install_fails_with_the_journal_when_the_service_does_not_start(host: Ho
 
 
 def test_install_leaves_journal_lines_holding_a_secret_out(host: Host) -> None:
-    host.write(host_paths.SECRETS_ENV_FILE, vllm.secrets_env(API_KEY, HF_TOKEN))
+    host.write(host_paths.SECRETS_ENV_FILE, bundle.secrets_env(API_KEY, HF_TOKEN))
     host.fake("restart_fails")
     host.fake("journal", journal_with_secrets())
     result = host.run(install_script(), stdin="ExecStart=/bin/true\n")
@@ -389,8 +383,8 @@ def test_install_leaves_journal_lines_holding_a_secret_out(host: Host) -> None:
 
 
 def serving_host(host: Host) -> None:
-    host.write(host_paths.SECRETS_ENV_FILE, vllm.secrets_env(API_KEY, HF_TOKEN))
-    host.path(vllm.OFFLINE_MARKER_DIR).mkdir(parents=True, exist_ok=True)
+    host.write(host_paths.SECRETS_ENV_FILE, bundle.secrets_env(API_KEY, HF_TOKEN))
+    host.path(bundle.OFFLINE_MARKER_DIR).mkdir(parents=True, exist_ok=True)
     host.fake("expected_header", f"Authorization: Bearer {API_KEY}\n")
     host.fake("models", MODELS_BODY)
 
@@ -475,7 +469,7 @@ def test_serving_with_no_marker_and_an_awkward_served_name(host: Host) -> None:
     result = host.run(serving_script(served_name=awkward, marker=""), env=FAST)
     assert result.returncode == 0, result.stderr
     assert f"vLLM serves {awkward}" in result.stdout
-    assert not any(host.path(vllm.OFFLINE_MARKER_DIR).iterdir())
+    assert not any(host.path(bundle.OFFLINE_MARKER_DIR).iterdir())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -488,7 +482,7 @@ HANG_TIMEOUT = 10
 
 def test_a_hanging_pull_is_cut_off_by_its_own_limit_and_named(host: Host) -> None:
     host.fake("pull_hangs")
-    step = step_command(install_script(), step_limit_seconds(vllm.RUN_TIMEOUT_MINUTES))
+    step = step_command(install_script(), step_limit_seconds(vllm_server.RUN_TIMEOUT_MINUTES))
     started = time.monotonic()
     result = host.run(
         step,
@@ -499,7 +493,7 @@ def test_a_hanging_pull_is_cut_off_by_its_own_limit_and_named(host: Host) -> Non
     assert time.monotonic() - started < 5
     assert result.returncode == 124
     assert "[run vllm] timed out after 1 s: pulling vllm/vllm-openai:v0.32.0" in result.stderr
-    assert not host.path(f"/etc/systemd/system/{vllm.SERVICE_NAME}").exists()
+    assert not host.path(f"/etc/systemd/system/{bundle.SERVICE_NAME}").exists()
     assert not any(c.startswith("systemctl restart") for c in host.calls())
 
 
@@ -520,14 +514,15 @@ def test_a_step_hung_in_a_wait_is_cut_off_by_the_step_limit_and_names_it(host: H
 def test_the_step_limit_stops_the_operation_in_flight_and_names_it(host: Host) -> None:
     host.write(host_paths.STARTUP_FAILED_MARKER, "IAM grant not yet visible\n")
     fake_startup(host, "exec sleep 30")  # a rerun of the startup script that never ends
-    step = step_command(wait_host_script(timeout_seconds=600), limit_seconds=1)
+    # Long enough for the rerun to start on a busy machine, short for a test.
+    step = step_command(wait_host_script(timeout_seconds=600), limit_seconds=3)
     started = time.monotonic()
     # capture_output waits for every process holding the output: none may be left behind.
     result = host.run(step, env=FAST, timeout=HANG_TIMEOUT)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10
     assert result.returncode == 124
     assert (
-        "[host ready] timed out after 1 s (this step's time limit): "
+        "[host ready] timed out after 3 s (this step's time limit): "
         "running the startup script once more (its own limit: 1200 s)"
     ) in result.stderr
 
@@ -601,7 +596,8 @@ def test_the_unit_logs_in_and_pulls_an_absent_image(host: Host) -> None:
     recorder.write_text('#!/usr/bin/env bash\necho "registry-login $*" >>"$FAKE_STATE/calls"\n')
     recorder.chmod(0o755)
     pull = unit_shell("pull-if-absent", "us-central1-docker.pkg.dev")
-    pull[2] = pull[2].replace(vllm.REGISTRY_LOGIN_PATH, str(recorder))
+    assert pull[-1] == host_paths.REGISTRY_LOGIN_PATH
+    pull[-1] = str(recorder)
     host.fake("image_absent")
     result = host.run_argv(pull)
     assert result.returncode == 0, result.stderr

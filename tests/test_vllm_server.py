@@ -1,4 +1,4 @@
-"""The VllmServer component under Pulumi mocks: the four remote steps and what they carry."""
+"""The VllmServer component under Pulumi mocks: its three remote steps and what they carry."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pulumi
 import pytest
 from pulumi_command import remote
 
+from components import host_bundle as bundle
 from components import host_paths
-from components import vllm_server as vllm
 from components.config import ModelConfig
 from components.vllm_server import VllmServer, VllmServerArgs
 from tests.harness import (
@@ -20,10 +20,12 @@ from tests.harness import (
     build_components,
     is_secret_value,
     plain_strings,
+    systemd_split,
 )
 
 MISTRAL = "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
-STEPS = ("vllm-host-ready", "vllm-secrets", "vllm-run", "vllm-serving")
+STEPS = ("vllm-secrets", "vllm-run", "vllm-serving")
+HOST_READY = "vllm-host-ready"  # GpuHost's step, stood in for here
 COMMAND = "command:remote:Command"
 
 
@@ -55,17 +57,18 @@ def build(
     registry_host: str | None = None,
 ) -> Plan:
     def declare() -> dict[str, object]:
+        connection = remote.ConnectionArgs(
+            host="203.0.113.10", user="vllm", private_key=pulumi.Output.secret(MOCK_SSH_PRIVATE_KEY)
+        )
+        host_ready = remote.Command(HOST_READY, connection=connection, create="true")
         server = VllmServer(
             "vllm",
             VllmServerArgs(
                 model=model,
                 tensor_parallel_size=tensor_parallel_size,
-                connection=remote.ConnectionArgs(
-                    host="203.0.113.10",
-                    user="vllm",
-                    private_key=pulumi.Output.secret(MOCK_SSH_PRIVATE_KEY),
-                ),
+                connection=connection,
                 instance_id="1234567890",
+                host_ready=host_ready,
                 hugging_face_token=(
                     None if hugging_face_token is None else pulumi.Output.secret(hugging_face_token)
                 ),
@@ -73,41 +76,9 @@ def build(
                 registry_host=registry_host,
             ),
         )
-        assert isinstance(server.host_ready, remote.Command)
-        assert isinstance(server.serving, remote.Command)
         return {"api_key": server.api_key}
 
     return build_components(declare, stack="test")
-
-
-def systemd_split(line: str) -> list[str]:
-    """systemd's reading of a command line (systemd.service, "COMMAND LINES"): words split on
-    blanks, double or single quotes group, C escapes inside quotes, %% and $$ stand for % and $."""
-    words: list[str] = []
-    index = 0
-    escapes = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
-    while index < len(line):
-        if line[index] == " ":
-            index += 1
-            continue
-        word = ""
-        quote = ""
-        while index < len(line) and (quote or line[index] != " "):
-            char = line[index]
-            if char in "\"'" and (not quote or char == quote):
-                quote = "" if quote else char
-            elif char == "\\" and quote:
-                index += 1
-                word += escapes[line[index]]
-            elif char in "%$" and line[index + 1 : index + 2] == char:
-                index += 1
-                word += char
-            else:
-                assert char not in "%$", f"unescaped {char} in {line!r}"
-                word += char
-            index += 1
-        words.append(word)
-    return words
 
 
 def exec_start_pre(built: Plan, program: str) -> list[str]:
@@ -133,7 +104,8 @@ def prod() -> Plan:
     return build(ModelConfig(), hugging_face_token=MOCK_HF_TOKEN)
 
 
-def test_four_remote_steps_each_triggered_by_the_instance(prod: Plan) -> None:
+def test_three_remote_steps_each_triggered_by_the_instance(prod: Plan) -> None:
+    assert {r.name for r in prod.of_type(COMMAND)} == {HOST_READY, *STEPS}
     for name in STEPS:
         step = prod.named(name)
         assert step.type == COMMAND
@@ -142,8 +114,18 @@ def test_four_remote_steps_each_triggered_by_the_instance(prod: Plan) -> None:
         assert step.plain["addPreviousOutputInEnv"] is False
         assert step.plain["create"] == step.plain["update"]  # re-runs in place, never replaced
         assert "delete" not in step.plain  # the VM goes with the stack
-    component = [r for r in prod.resources if r.type == "vllm-gcp:vllm_server:VllmServer"]
-    assert [r.name for r in component] == ["vllm"]
+    # Each step after the one before it, the first after the host's ready step.
+    urn = "urn:pulumi:test::vllm-gcp::{}command:remote:Command::{}"
+    server = "vllm-gcp:vllm_server:VllmServer$"
+    steps_before = {
+        name: {d for d in prod.named(name).options.dependencies if "remote:Command" in d}
+        for name in STEPS
+    }
+    assert steps_before == {
+        "vllm-secrets": {urn.format("pulumi:pulumi:Stack$", HOST_READY)},
+        "vllm-run": {urn.format(server, "vllm-secrets")},
+        "vllm-serving": {urn.format(server, "vllm-run")},
+    }
 
 
 def test_the_container_runs_mistral_with_tp2_tool_calling_and_loopback_only(prod: Plan) -> None:
@@ -181,7 +163,7 @@ def test_unit_runs_under_systemd_and_survives_crashes_and_reboots(prod: Plan) ->
     assert "Restart=always" in unit
     assert "WantedBy=multi-user.target" in unit
     assert "Requires=docker.service" in unit
-    assert f"ExecStartPre=-/usr/bin/docker rm --force {vllm.CONTAINER_NAME}" in unit
+    assert f"ExecStartPre=-/usr/bin/docker rm --force {bundle.CONTAINER_NAME}" in unit
     run_script = prod.named("vllm-run").plain["create"]
     assert "docker pull" in run_script
     assert "systemctl restart" in run_script
@@ -203,11 +185,11 @@ def test_unit_starts_only_on_a_host_the_startup_script_prepared(prod: Plan) -> N
 
 def test_unit_pulls_only_an_absent_image(prod: Plan) -> None:
     pull = exec_start_pre(prod, "pull-if-absent")
-    assert pull[4:] == ["vllm/vllm-openai:v0.32.0"]
+    # No registry host: the login ($3) is skipped.
+    assert pull[4:] == ["vllm/vllm-openai:v0.32.0", "", host_paths.REGISTRY_LOGIN_PATH]
     assert pull[2].startswith('docker image inspect "$1" >/dev/null 2>&1 || {')
-    assert 'timeout 600 docker pull "$1"' in pull[2]
+    assert 'if [ -n "$2" ]; then "$3" "$2"; fi; timeout 600 docker pull "$1"' in pull[2]
     assert "ExecStartPre=-/bin/sh -c" in unit_text(prod)  # tolerated: docker reports it itself
-    assert "registry-login" not in unit_text(prod)
 
 
 def test_the_key_and_token_are_only_in_secret_inputs(prod: Plan) -> None:
@@ -239,7 +221,7 @@ def test_huggingface_goes_offline_once_this_configuration_has_served(prod: Plan)
     marker_lines = [x for x in unit_text(prod).splitlines() if x.startswith("EnvironmentFile=-")]
     assert len(marker_lines) == 1
     marker = marker_lines[0].removeprefix("EnvironmentFile=-")
-    assert marker.startswith(f"{vllm.OFFLINE_MARKER_DIR}/served-")
+    assert marker.startswith(f"{bundle.OFFLINE_MARKER_DIR}/served-")
     assert f"readonly OFFLINE_MARKER='{marker}'" in prod.named("vllm-serving").plain["create"]
 
 
@@ -341,22 +323,28 @@ def test_an_image_mirror_is_pulled_and_run_instead_of_docker_hub() -> None:
     argv = unit_argv(built)
     assert argv[argv.index("--entrypoint") + 2] == mirror
     assert flag_value(argv, "--entrypoint") == "python3"  # the version still comes from model.image
-    assert exec_start_pre(built, "pull-if-absent")[4:] == [mirror]
+    # No registry host: nothing to log in to before a pull.
+    assert exec_start_pre(built, "pull-if-absent")[4:] == [
+        mirror,
+        "",
+        host_paths.REGISTRY_LOGIN_PATH,
+    ]
     assert f"readonly IMAGE='{mirror}'" in built.named("vllm-run").plain["create"]
     images = {word for word in unit_text(built).split() if "vllm-openai" in word}
     assert images == {mirror}
-    assert "registry-login" not in unit_text(built)  # no host given: nothing to log in to
 
 
 def test_the_mirror_is_logged_in_to_before_each_pull() -> None:
     mirror = "us-central1-docker.pkg.dev/test-project/dockerhub/vllm/vllm-openai:v0.32.0"
     built = build(ModelConfig(), image=mirror, registry_host="us-central1-docker.pkg.dev")
     pull = exec_start_pre(built, "pull-if-absent")
-    login = f"{vllm.REGISTRY_LOGIN_PATH} us-central1-docker.pkg.dev; timeout 600 docker pull"
-    assert f"|| {{ {login}" in pull[2]
+    assert pull[4:] == [mirror, "us-central1-docker.pkg.dev", host_paths.REGISTRY_LOGIN_PATH]
+    assert '|| { if [ -n "$2" ]; then "$3" "$2"; fi; timeout 600 docker pull "$1"; }' in pull[2]
     run_script = built.named("vllm-run").plain["create"]
-    assert "readonly REGISTRY_HOST='us-central1-docker.pkg.dev'" in run_script
-    assert "docker login --username oauth2accesstoken --password-stdin" in run_script
+    assert "readonly REGISTRY_HOST='us-central1-docker.pkg.dev'\n" in run_script
+    assert (
+        f"readonly REGISTRY_LOGIN=\"${{ROOT}}\"'{host_paths.REGISTRY_LOGIN_PATH}'\n" in run_script
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -384,46 +372,13 @@ def test_gcs_weights_are_copied_to_the_cache_for_older_images() -> None:
     built = build(ModelConfig(image="vllm/vllm-openai:v0.11.0", source="gcs", gcs_uri=GCS_URI))
     copy = next(x for x in unit_text(built).splitlines() if "gcloud" in x)
     target = copy.split()[-1]
-    assert target.startswith(f"{vllm.GCS_WEIGHTS_DIR}/")
+    assert target.startswith(f"{bundle.GCS_WEIGHTS_DIR}/")
     assert copy.split()[-2] == GCS_URI
     assert "storage rsync --recursive" in copy
     argv = unit_argv(built)
     volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
-    assert f"{target}:{vllm.CONTAINER_GCS_WEIGHTS}:ro" in volumes
+    assert f"{target}:{bundle.CONTAINER_GCS_WEIGHTS}:ro" in volumes
     served = vllm_argv(built)
-    assert served[:3] == ["vllm", "serve", vllm.CONTAINER_GCS_WEIGHTS]
+    assert served[:3] == ["vllm", "serve", bundle.CONTAINER_GCS_WEIGHTS]
     assert flag_value(served, "--load-format") == "mistral"
     assert "HF_HUB_OFFLINE=1" in argv
-
-
-# ------------------------------------------------------------------------------------------------
-# Pure helpers
-
-
-@pytest.mark.parametrize(
-    "argument",
-    ["plain", "with space", 'quote"d', "back\\slash", "50%", "$HOME", "${X}", "tab\there", "a\nb"],
-)
-def test_systemd_quote_round_trips(argument: str) -> None:
-    assert systemd_split(vllm.systemd_quote(argument)) == [argument]
-
-
-def test_scripts_escape_single_quotes_in_values() -> None:
-    script = vllm.render_script(
-        "wait_serving.sh",
-        {
-            "SERVICE_NAME": "vllm.service",
-            "MODELS_URL": "http://127.0.0.1:8000/v1/models",
-            "SERVED_MODEL_NAME": "it's",
-            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
-            "OFFLINE_MARKER": "",
-            "TIMEOUT_SECONDS": "60",
-        },
-    )
-    assert "readonly SERVED_MODEL_NAME='it'\\''s'" in script
-
-
-def test_a_registry_host_must_be_a_plain_host_name() -> None:
-    spec = vllm.container_spec(ModelConfig(), 2, "vllm/vllm-openai:v0.32.0")
-    with pytest.raises(ValueError, match="not a registry host name"):
-        vllm.render_unit(spec, "vllm/vllm-openai:v0.32.0", "evil.example; rm -rf /")

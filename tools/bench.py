@@ -1,6 +1,6 @@
 """Load benchmark through the proxy, with the real key: what Elastic's connector will see.
 
-    python -m tools.bench --stack dev [--concurrency 1,4,16] [--duration 30] [--json out.json]
+    vllm-gcp bench --stack dev [--concurrency 1,4,16] [--duration 30] [--json out.json]
 
 At each concurrency level, that many clients send streamed chat completions back to back for
 --duration seconds (requests in flight at the end are completed and counted). Per level: requests
@@ -19,19 +19,34 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
-from tools.endpoint_args import Endpoint, EndpointError, add_endpoint_arguments, resolve_endpoint
-from tools.smoke_test import explain_connection_error
+from tools.endpoint import (
+    Endpoint,
+    EndpointError,
+    add_endpoint_arguments,
+    explain_connection_error,
+    resolve_endpoint,
+)
 
 DEFAULT_PROMPT = (
     "Summarise the MITRE ATT&CK tactics an attacker uses after initial access, one short "
     "paragraph per tactic."
 )
 BAR_WIDTH = 30
+
+
+@dataclass(frozen=True)
+class Load:
+    """What each client sends, and for how long at each level."""
+
+    payload: dict[str, Any]  # one streamed chat completion request
+    duration_s: float  # per concurrency level
+    timeout_s: float = 300.0  # per request
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,7 @@ async def one_request(
             json=payload,
             extensions=endpoint.request_extensions(),
         ) as response:
-            if response.status_code != 200:
+            if response.status_code != HTTPStatus.OK:
                 body = (await response.aread()).decode(errors="replace").strip()
                 return RequestResult(error=f"HTTP {response.status_code}: {body[:200]}")
             async for line in response.aiter_lines():
@@ -178,18 +193,17 @@ class Progress:
 async def run_level(
     client: httpx.AsyncClient,
     endpoint: Endpoint,
-    payload: dict[str, Any],
+    load: Load,
     concurrency: int,
-    duration: float,
     progress: Progress,
 ) -> LevelResult:
     level = LevelResult(concurrency)
     started = time.perf_counter()
-    deadline = started + duration
+    deadline = started + load.duration_s
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
-            result = await one_request(client, endpoint, payload)
+            result = await one_request(client, endpoint, load.payload)
             if result.error is None:
                 level.completed.append(result)
             else:
@@ -197,11 +211,11 @@ async def run_level(
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     while not all(task.done() for task in workers):
-        progress.draw(level, time.perf_counter() - started, duration, final=False)
+        progress.draw(level, time.perf_counter() - started, load.duration_s, final=False)
         await asyncio.wait(workers, timeout=0.2)
     await asyncio.gather(*workers)
     level.elapsed_s = time.perf_counter() - started
-    progress.draw(level, level.elapsed_s, duration, final=True)
+    progress.draw(level, level.elapsed_s, load.duration_s, final=True)
     return level
 
 
@@ -213,9 +227,9 @@ async def preflight(client: httpx.AsyncClient, endpoint: Endpoint) -> None:
         )
     except httpx.HTTPError as error:
         raise EndpointError(explain_connection_error(error, endpoint)) from None
-    if response.status_code == 401:
+    if response.status_code == HTTPStatus.UNAUTHORIZED:
         raise EndpointError("401: the API key was refused")
-    if response.status_code != 200:
+    if response.status_code != HTTPStatus.OK:
         raise EndpointError(f"/v1/models answered {response.status_code}")
     served = [m.get("id") for m in response.json().get("data", [])]
     if endpoint.model not in served:
@@ -223,24 +237,16 @@ async def preflight(client: httpx.AsyncClient, endpoint: Endpoint) -> None:
 
 
 async def run_bench(
-    endpoint: Endpoint,
-    levels: Sequence[int],
-    duration: float,
-    payload: dict[str, Any],
-    progress: Progress,
-    timeout: float = 300.0,
+    endpoint: Endpoint, load: Load, levels: Sequence[int], progress: Progress
 ) -> list[LevelResult]:
     async with httpx.AsyncClient(
         verify=endpoint.ssl_context(),
         headers={**endpoint.headers(), "Authorization": f"Bearer {endpoint.api_key}"},
-        timeout=httpx.Timeout(timeout, connect=10.0),
+        timeout=httpx.Timeout(load.timeout_s, connect=10.0),
         limits=httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels)),
     ) as client:
         await preflight(client, endpoint)
-        return [
-            await run_level(client, endpoint, payload, level, duration, progress)
-            for level in levels
-        ]
+        return [await run_level(client, endpoint, load, level, progress) for level in levels]
 
 
 def table(results: Sequence[LevelResult]) -> str:
@@ -273,10 +279,12 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
-def main(argv: list[str] | None = None, progress_stream: TextIO | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.bench", description=(__doc__ or "").split("\n", 1)[0]
-    )
+def main(
+    argv: list[str] | None = None,
+    progress_stream: TextIO | None = None,
+    prog: str = "vllm-gcp bench",
+) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n", 1)[0])
     add_endpoint_arguments(parser)
     parser.add_argument("--concurrency", type=_levels, default=[1, 4, 16], help="e.g. 1,4,16")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per level")
@@ -292,12 +300,12 @@ def main(argv: list[str] | None = None, progress_stream: TextIO | None = None) -
                 f"Benchmark of {endpoint.base_url}, model {endpoint.model}: "
                 f"{args.duration:g} s per level, max_tokens {args.max_tokens}"
             )
-            payload = chat_payload(endpoint.model, args.prompt, args.max_tokens)
-            results = asyncio.run(
-                run_bench(
-                    endpoint, args.concurrency, args.duration, payload, progress, args.timeout
-                )
+            load = Load(
+                payload=chat_payload(endpoint.model, args.prompt, args.max_tokens),
+                duration_s=args.duration,
+                timeout_s=args.timeout,
             )
+            results = asyncio.run(run_bench(endpoint, load, args.concurrency, progress))
     except EndpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

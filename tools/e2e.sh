@@ -2,12 +2,13 @@
 # End-to-end test on a real GCP project: a short-lived stack from the dev configuration,
 # `pulumi up`, the smoke test, `pulumi destroy`, and the stack removed, also when a step fails.
 #
-#   GCP_PROJECT=my-project SSH_CIDR=203.0.113.7/32 tools/e2e.sh
+#   GCP_PROJECT=my-project SSH_CIDR=203.0.113.7/32 vllm-gcp e2e
 #
-# It creates billable resources (the dev stack's GPU VM) for the length of the run; the summary
-# at the end prints the machine type, whether it was Spot, and the elapsed time.
-# Environment: GCP_PROJECT and SSH_CIDR (required); VLLM_GCP_PYTHON, the Python that runs the
-# smoke test (default: the project's venv, else python3).
+# (`vllm-gcp e2e` runs this script; `bash tools/e2e.sh` is the same.) It creates billable
+# resources (the dev stack's GPU VM) for the length of the run; the summary at the end prints
+# the machine type, whether it was Spot, and the elapsed time.
+# Environment: GCP_PROJECT and SSH_CIDR (required); VLLM_GCP, the vllm-gcp command that runs the
+# smoke test (default: the project's venv/bin/vllm-gcp, else vllm-gcp on PATH).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,12 +31,43 @@ die() {
   exit 2
 }
 
-default_python() {
-  if [[ -x "${REPO_DIR}/venv/bin/python" ]]; then
-    printf '%s\n' "${REPO_DIR}/venv/bin/python"
+usage() {
+  cat <<EOF
+usage: ${VLLM_GCP_PROG:-tools/e2e.sh} [-h]
+
+End-to-end test on a real GCP project: a short-lived stack (e2e-<UTC time>-<random>) with the
+dev stack's configuration, pulumi up, the smoke test, pulumi destroy, and the stack removed, also
+when a step fails. It bills the dev stack's GPU VM while it runs (allow up to an hour).
+
+environment:
+  GCP_PROJECT  the GCP project to test in (required)
+  SSH_CIDR     your public address, e.g. 203.0.113.7/32 (required)
+  VLLM_GCP     the vllm-gcp command that runs the smoke test (default: venv/bin/vllm-gcp)
+
+Exit code: 0 when every step passed, else that of the first failure (2: bad arguments).
+EOF
+}
+
+default_cli() {
+  if [[ -x "${REPO_DIR}/venv/bin/vllm-gcp" ]]; then
+    printf '%s\n' "${REPO_DIR}/venv/bin/vllm-gcp"
   else
-    printf '%s\n' python3
+    printf '%s\n' vllm-gcp
   fi
+}
+
+parse_args() {
+  case "${1:-}" in
+    "") ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *)
+      usage >&2
+      die "unexpected argument: $1 (the run takes its settings from the environment)"
+      ;;
+  esac
 }
 
 check_requirements() {
@@ -79,10 +111,10 @@ deploy() {
 }
 
 smoke_test() {
-  local python
-  python="${VLLM_GCP_PYTHON:-$(default_python)}"
+  local cli
+  cli="${VLLM_GCP:-$(default_cli)}"
   log "smoke test"
-  (cd "${REPO_DIR}" && "${python}" -m tools.smoke_test --stack "${STACK}")
+  (cd "${REPO_DIR}" && "${cli}" smoke --stack "${STACK}")
 }
 
 # Destroys and removes the stack; keeps it (and says how to finish) when destroy fails, since
@@ -105,6 +137,7 @@ cleanup() {
 }
 
 main() {
+  parse_args "$@"
   check_requirements
   cd "${REPO_DIR}"
   trap cleanup EXIT

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import runpy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ class RegistrationOptions:
     custom_timeouts: dict[str, str] = field(default_factory=dict)
     additional_secret_outputs: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = ()  # URNs the resource depends on
+    alias_parents: tuple[str, ...] = ()  # the former parents' URNs its aliases name
 
 
 @dataclass
@@ -171,6 +172,9 @@ def _options(request: Any) -> RegistrationOptions:
         custom_timeouts=timeouts,
         additional_secret_outputs=tuple(request.additionalSecretOutputs),
         dependencies=tuple(sorted(request.dependencies)),
+        alias_parents=tuple(
+            alias.spec.parentUrn for alias in request.aliases if alias.spec.parentUrn
+        ),
     )
 
 
@@ -321,8 +325,14 @@ def run_program(
     secrets: Mapping[str, str] | None = None,
     preview: bool = False,
     mocks: RecordingMocks | None = None,
+    observe: Callable[[Mapping[str, Any]], Mapping[str, object]] | None = None,
 ) -> Plan:
-    """Run __main__.py with this configuration; secrets are set as secret config values."""
+    """Run __main__.py with this configuration; secrets are set as secret config values.
+
+    `observe` receives the program's globals (its components, by the names __main__.py gives
+    them) and returns more values to resolve into the plan's outputs, by name: how tests look at
+    a component's attributes in the program as it is wired, not in a copy of the wiring.
+    """
     mocks = mocks or RecordingMocks()
     collector = WarningCollector(f"vllm-gcp-test-{id(mocks)}")
     install_mocks(mocks, stack=stack, preview=preview, logger=collector.logger)
@@ -335,8 +345,11 @@ def run_program(
 
     @pulumi.runtime.test
     def program() -> pulumi.Output[None]:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        return pulumi.Output.from_input(asyncio.ensure_future(plan.resolve_outputs(exported)))
+        program_globals = runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        observed = dict(observe(program_globals)) if observe is not None else {}
+        return pulumi.Output.from_input(
+            asyncio.ensure_future(plan.resolve_outputs({**exported, **observed}))
+        )
 
     try:
         with mock.patch.object(pulumi, "export", exported.__setitem__):

@@ -1,6 +1,6 @@
 """Offline plan: validate a stack file and show what the program would manage, without the cloud.
 
-    python -m tools.plan prod [--out DIR] [--set KEY=VALUE ...]
+    vllm-gcp plan prod [--out DIR] [--set KEY=VALUE ...]
 
 Runs the real program under Pulumi's mocks (tools/offline.py): no credentials, no Pulumi CLI,
 nothing deployed. Prints the resources grouped by type with the properties a reviewer checks;
@@ -52,10 +52,13 @@ PLACEHOLDERS: dict[str, Any] = {
     f"{PROJECT}:access.sshCidrs": ["192.0.2.1/32"],
 }
 STAND_IN_KEY_SCALAR = 0x5EC2E7  # the private value of the stand-in TLS key (provided mode)
+# The summary shows inputs up to this long in full, and cuts outputs longer than the other.
+MAX_SHOWN_INPUT = 120
+MAX_SHOWN_OUTPUT = 100
 INSTANCE = "gcp:compute/instance:Instance"
 FIREWALL = "gcp:compute/firewall:Firewall"
 REMOTE_COMMAND = "command:remote:Command"
-# stdin bundles (components/tls_proxy.py `bundle`): one "<name> <base64>" line per file.
+# stdin bundles (components/host_bundle.py `file_bundle`): one "<name> <base64>" line per file.
 _BUNDLE_LINE = re.compile(r"^([a-z_]+) ([A-Za-z0-9+/]+={0,2})$")
 _BUNDLE_SUFFIXES = {"site": ".conf", "certificate": ".crt", "private_key": ".key"}
 
@@ -383,7 +386,7 @@ def _command_lines(resource: Registered) -> list[str]:
 def _scalar(value: Any) -> str | None:
     if isinstance(value, bool | int | float):
         return str(value)
-    if isinstance(value, str) and "\n" not in value and len(value) <= 120:
+    if isinstance(value, str) and "\n" not in value and len(value) <= MAX_SHOWN_INPUT:
         return value
     if isinstance(value, list) and value and all(isinstance(v, str | int) for v in value):
         return ", ".join(str(v) for v in value)
@@ -451,16 +454,14 @@ def summary(stack: str, stack_input: StackInput, plan: Plan) -> list[str]:
     lines.append("Outputs:")
     for key, value in plan.outputs.items():
         shown = "[secret]" if key in plan.secret_outputs else json.dumps(unwrap(value))
-        if len(shown) > 100:
-            shown = shown[:97] + "..."
+        if len(shown) > MAX_SHOWN_OUTPUT:
+            shown = shown[: MAX_SHOWN_OUTPUT - 3] + "..."
         lines.append(f"  {key} = {shown}")
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.plan", description=(__doc__ or "").split("\n", 1)[0]
-    )
+def main(argv: list[str] | None = None, prog: str = "vllm-gcp plan") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("stack", help="the stack: reads stacks/Pulumi.<stack>.yaml")
     parser.add_argument("--out", type=Path, help="write the host's files (redacted) here")
     parser.add_argument(

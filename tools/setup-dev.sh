@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh machine to develop and test vllm-gcp: the system packages the tests drive
-# for real (Nginx) and ./venv with the pinned Python packages (the same venv Pulumi uses).
+# for real (Nginx), ./venv with the locked Python packages (the same venv Pulumi uses), and the
+# project itself in editable mode, which puts the `vllm-gcp` command in venv/bin.
 set -euo pipefail
 
 PROJECT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,15 +34,25 @@ create_venv() {
     log "creating ${PROJECT_DIR}/venv"
     python3 -m venv "${PROJECT_DIR}/venv"
   fi
-  log "installing the pinned packages from requirements-dev.txt"
-  "${PROJECT_DIR}/venv/bin/pip" install --quiet --disable-pip-version-check \
+  # Every package and version from the lock, each file checked against its hashes.
+  log "installing the locked packages from requirements-dev.txt (hash-checked)"
+  "${PROJECT_DIR}/venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
     -r "${PROJECT_DIR}/requirements-dev.txt"
+}
+
+install_project() {
+  # No dependencies (the lock brought them) and no build isolation: the build backend is the
+  # lock's setuptools, so nothing unpinned is downloaded to build it.
+  log "installing the project (editable): venv/bin/vllm-gcp"
+  "${PROJECT_DIR}/venv/bin/pip" install --quiet --disable-pip-version-check \
+    --no-deps --no-build-isolation --editable "${PROJECT_DIR}"
 }
 
 main() {
   install_system_packages
   create_venv
-  log "done: run the tests with venv/bin/pytest"
+  install_project
+  log "done: run the tests with venv/bin/pytest, the tools with venv/bin/vllm-gcp --help"
 }
 
 main "$@"

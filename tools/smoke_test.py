@@ -1,7 +1,7 @@
 """Checks a deployed endpoint the way Elastic's OpenAI connector uses it; exit 0 when all pass.
 
-    python -m tools.smoke_test --stack dev
-    python -m tools.smoke_test --endpoint https://203.0.113.10/v1 --api-key KEY \\
+    vllm-gcp smoke --stack dev
+    vllm-gcp smoke --endpoint https://203.0.113.10/v1 --api-key KEY \\
         --model Qwen/Qwen2.5-7B-Instruct --ca-cert ca.pem [--host-header llm.example.com]
 
 One line per check with its timing; a failed check says what failed and its likely cause. The API
@@ -18,12 +18,19 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import httpx
 import httpx2
 import openai
 
-from tools.endpoint_args import Endpoint, EndpointError, add_endpoint_arguments, resolve_endpoint
+from tools.endpoint import (
+    Endpoint,
+    EndpointError,
+    add_endpoint_arguments,
+    explain_connection_error,
+    resolve_endpoint,
+)
 
 # Routes vLLM serves without its API key: the proxy must not expose them (DESIGN.md).
 ROUTES_OUTSIDE_V1 = ("/metrics", "/health", "/tokenize", "/version", "/docs")
@@ -39,12 +46,19 @@ TOOL = {
         },
     },
 }
-FIREWALL_HINT = (
-    "check that your address is in access.apiCidrs (the firewall) and that the host is running"
+# What an API error from the proxy or vLLM most likely means, by its class; {model} is --model.
+API_ERRORS: tuple[tuple[type[openai.APIStatusError], str], ...] = (
+    (openai.AuthenticationError, "401: the API key was refused"),
+    (openai.PermissionDeniedError, "403: your address is not in access.apiCidrs"),
+    (
+        openai.RateLimitError,
+        "429: too many failed attempts from your address; wait a minute and retry",
+    ),
+    (
+        openai.NotFoundError,
+        "404: the endpoint does not serve model {model!r}: check --model or model.servedName",
+    ),
 )
-CA_HINT = "certificate not trusted: pass --ca-cert (the stack's caCertificate output)"
-# SSL verify code for a certificate that does not name the host (X509_V_ERR_HOSTNAME_MISMATCH).
-HOSTNAME_MISMATCH = 62
 
 
 class CheckFailed(Exception):
@@ -66,57 +80,15 @@ class Result:
         return f"{self.status}  {self.name:<32} {self.seconds * 1000:>7.0f} ms  {self.detail}"
 
 
-def _causes(error: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def explain_connection_error(error: BaseException, endpoint: Endpoint) -> str:
-    """The likely cause of a failure to connect, from the exception and its causes."""
-    host, port = endpoint.address
-    for cause in _causes(error):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            if cause.verify_code == HOSTNAME_MISMATCH:
-                return (
-                    f"the certificate does not name {endpoint.server_name}: use the stack's "
-                    "endpoint, or --host-header with the name it was issued for"
-                )
-            if endpoint.ca_cert is not None:
-                return (
-                    f"certificate not trusted by --ca-cert {endpoint.ca_cert}: is it this "
-                    f"stack's caCertificate? ({cause.verify_message})"
-                )
-            return CA_HINT
-        if isinstance(cause, ConnectionRefusedError):
-            return f"connection refused by {host}:{port}: is Nginx running on the host?"
-        if isinstance(cause, TimeoutError | httpx.TimeoutException | httpx2.TimeoutException):
-            return f"no answer from {host}:{port} in time: {FIREWALL_HINT}"
-        if isinstance(cause, socket.gaierror):
-            return f"cannot resolve {host}: check the endpoint URL (or the domain's DNS record)"
-    return f"cannot reach {host}:{port} ({error}): {FIREWALL_HINT}"
-
-
 def explain_api_error(error: openai.OpenAIError, endpoint: Endpoint) -> str:
-    if isinstance(error, openai.AuthenticationError):
-        return "401: the API key was refused"
-    if isinstance(error, openai.PermissionDeniedError):
-        return "403: your address is not in access.apiCidrs"
-    if isinstance(error, openai.RateLimitError):
-        return "429: too many failed attempts from your address; wait a minute and retry"
-    if isinstance(error, openai.NotFoundError):
-        return (
-            f"404: the endpoint does not serve model {endpoint.model!r}: check --model or "
-            "model.servedName"
-        )
     if isinstance(error, openai.APIConnectionError):
         return explain_connection_error(error, endpoint)
-    if isinstance(error, openai.APIStatusError):
-        return f"HTTP {error.status_code}: {error.message}"
-    return str(error)
+    if not isinstance(error, openai.APIStatusError):
+        return str(error)
+    for kind, explanation in API_ERRORS:
+        if isinstance(error, kind):
+            return explanation.format(model=endpoint.model)
+    return f"HTTP {error.status_code}: {error.message}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,9 +115,9 @@ def check_refuses_unauthenticated(
     endpoint: Endpoint, http: httpx.Client, wrong_key_client: openai.OpenAI
 ) -> str:
     response = http.get(f"{endpoint.base_url}/models", extensions=endpoint.request_extensions())
-    if response.status_code == 403:
+    if response.status_code == HTTPStatus.FORBIDDEN:
         raise CheckFailed("403: your address is not in access.apiCidrs")
-    if response.status_code != 401:
+    if response.status_code != HTTPStatus.UNAUTHORIZED:
         raise CheckFailed(
             f"a request without a key got {response.status_code}, not 401: the proxy's "
             "token check is not in place"
@@ -253,7 +225,12 @@ def check_outside_v1(endpoint: Endpoint, http: httpx.Client) -> str:
             f"{endpoint.origin}{route}", headers=headers, extensions=endpoint.request_extensions()
         )
         answered[route] = response.status_code
-    served = [route for route, status in answered.items() if status < 300]
+    # Any 2xx: the route was served (the proxy answers the others 401, 403 or 404).
+    served = [
+        route
+        for route, status in answered.items()
+        if HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES
+    ]
     if served:
         raise CheckFailed(f"the proxy serves routes outside /v1: {', '.join(served)} answered")
     statuses = sorted(set(answered.values()))
@@ -331,10 +308,8 @@ def run_checks(
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.smoke_test", description=(__doc__ or "").split("\n", 1)[0]
-    )
+def main(argv: list[str] | None = None, prog: str = "vllm-gcp smoke") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n", 1)[0])
     add_endpoint_arguments(parser)
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds per request (default 120)"

@@ -25,6 +25,7 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,8 @@ class StandInKibana:
 
     @property
     def url(self) -> str:
-        assert self._port, "not started"
+        if not self._port:
+            raise RuntimeError("the stand-in Kibana is not started")
         scheme = "https" if self.tls else "http"
         return f"{scheme}://127.0.0.1:{self._port}"
 
@@ -106,7 +108,8 @@ class StandInKibana:
 
     def start(self) -> StandInKibana:
         """Listen (again) on 127.0.0.1, on the port of the last start if there was one."""
-        assert self._server is None, "already running"
+        if self._server is not None:
+            raise RuntimeError("the stand-in Kibana is already running")
         kibana = self
 
         class Handler(_Handler):
@@ -131,7 +134,8 @@ class StandInKibana:
 
     def revoke(self, key: str) -> None:
         """Invalidate an API key, as `DELETE /_security/api_key` does: 401 from now on."""
-        assert isinstance(self.keys, dict)
+        if not isinstance(self.keys, dict):
+            raise TypeError("keys were not copied into a dict")
         del self.keys[key]
 
     def keys_used(self) -> list[str]:
@@ -347,17 +351,17 @@ class StandInKibana:
             return _service_error(
                 connector_id, f"ECONNREFUSED - connect ECONNREFUSED {host.host}:{host.port}"
             )
-        if response.status_code >= 400:
+        if response.status_code >= HTTPStatus.BAD_REQUEST:
             detail = (
                 "Unauthorized API Error"
-                if response.status_code == 401
+                if response.status_code == HTTPStatus.UNAUTHORIZED
                 else f"API Error: {response.reason_phrase}"
             )
             return {
                 "status": "error",
                 "connector_id": connector_id,
                 "message": "an error occurred while running the action",
-                "retry": response.status_code >= 500,
+                "retry": response.status_code >= HTTPStatus.INTERNAL_SERVER_ERROR,
                 "service_message": f"Status code: {response.status_code}. Message: {detail}",
             }
         try:

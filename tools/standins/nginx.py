@@ -1,6 +1,6 @@
 """The real Nginx (/usr/sbin/nginx) running the site the host gets, on loopback.
 
-The site is rendered by `components.tls_proxy.render_site`, the function the component uses;
+The site is rendered by `components.host_bundle.nginx_site`, the function the component uses;
 only the settings differ (paths in a temporary directory, free ports, the upstream's port), never
 the text. The certificate is issued for 127.0.0.1 and localhost by a test CA.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from components.tls_proxy import SiteSettings, render_site
+from components.host_bundle import SiteSettings, nginx_site
 from tools.standins.pki import loopback_pki
 
 __all__ = ["NGINX", "NginxProxy", "free_port", "main_config"]
@@ -109,7 +109,7 @@ class NginxProxy:
             acme_webroot=str(self.directory / "acme"),
         )
         self.settings = dataclasses.replace(base, **site_overrides)
-        self.site_text = render_site(self.settings)
+        self.site_text = nginx_site(self.settings)
         self.site_path = self.directory / "vllm-gcp.conf"
         self.site_path.write_text(self.site_text)
         self.config_path = self.directory / "nginx.conf"
@@ -130,14 +130,16 @@ class NginxProxy:
 
     def check(self) -> subprocess.CompletedProcess[str]:
         """`nginx -t` on this configuration."""
-        return subprocess.run(self._command("-t"), capture_output=True, text=True, check=False)
+        # The nginx binary with the arguments this class builds, no shell (also in __enter__).
+        command = self._command("-t")
+        return subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
 
     def __enter__(self) -> NginxProxy:
         checked = self.check()
         if checked.returncode != 0:
             self._cleanup()
             raise RuntimeError(f"nginx -t failed:\n{checked.stderr}")
-        self._process = subprocess.Popen(
+        self._process = subprocess.Popen(  # noqa: S603 (nginx, as in check)
             self._command("-g", "daemon off;"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -80,7 +80,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         server = self.server
-        assert isinstance(server, _Server)
+        if not isinstance(server, _Server):
+            raise TypeError(f"served by {type(server).__name__}, not the stand-in's server")
         upstream = server.upstream
         body = self._read_body()
         upstream.record(

@@ -14,7 +14,7 @@ umask 077
 
 # shellcheck shell=bash
 # vllm-gcp host library: the pieces every host script shares. Not run on its own: the renderer
-# (components/templates.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
+# (components/render.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
 # line, so each script the host receives is complete in itself.
 #
 #   step_begin NAME [stderr]  names the step in every line it prints ("[NAME] ..."), on stdout
@@ -28,6 +28,8 @@ umask 077
 #                             after SECONDS s: WHAT" and returns 124. --root: through `sudo -n`, with
 #                             timeout inside sudo so the limit reaches the command's own children.
 #                             --output: COMMAND's stdout and stderr appended to FILE. stdin passes on.
+#   without_secrets ENV_FILE  a filter: stdin less every line that holds a value of ENV_FILE (an
+#                             env file read as root, into a pipe, never into an argument).
 #   bounded_capture VAR SECONDS WHAT COMMAND [ARGS...]
 #                             the same, COMMAND's stdout into the variable VAR (never for secrets: it
 #                             passes through a temporary file).
@@ -126,6 +128,16 @@ bounded_capture() {
   return "$status"
 }
 
+_secret_values() {
+  # The env file's non-empty values, one a line.
+  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$1" 2>/dev/null || true
+}
+
+without_secrets() {
+  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
+  grep --fixed-strings --invert-match --file=<(_secret_values "$1") || true
+}
+
 _step_stopped() {
   local signal=$1 number=$2 limit=${VLLM_GCP_STEP_LIMIT_SECONDS:-} status
   trap - TERM HUP
@@ -149,12 +161,12 @@ _step_stopped() {
 }
 # --- end of host_lib.sh
 
-readonly SITE_PATH="/etc/nginx/sites-available/vllm-gcp.conf"
-readonly SITE_ENABLED_PATH="/etc/nginx/sites-enabled/vllm-gcp.conf"
-readonly DEFAULT_SITE_ENABLED_PATH="/etc/nginx/sites-enabled/default"
-readonly CERTIFICATE_PATH="/etc/vllm-gcp/tls/server.crt"
-readonly CERTIFICATE_KEY_PATH="/etc/vllm-gcp/tls/server.key"
-readonly ACME_WEBROOT="/var/www/vllm-gcp-acme"
+readonly SITE_PATH='/etc/nginx/sites-available/vllm-gcp.conf'
+readonly SITE_ENABLED_PATH='/etc/nginx/sites-enabled/vllm-gcp.conf'
+readonly DEFAULT_SITE_ENABLED_PATH='/etc/nginx/sites-enabled/default'
+readonly CERTIFICATE_PATH='/etc/vllm-gcp/tls/server.crt'
+readonly CERTIFICATE_KEY_PATH='/etc/vllm-gcp/tls/server.key'
+readonly ACME_WEBROOT='/var/www/vllm-gcp-acme'
 readonly RELOAD_SECONDS=120
 
 STAGING_DIR="$(mktemp -d)"

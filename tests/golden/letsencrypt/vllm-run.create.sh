@@ -13,7 +13,7 @@ set -euo pipefail
 
 # shellcheck shell=bash
 # vllm-gcp host library: the pieces every host script shares. Not run on its own: the renderer
-# (components/templates.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
+# (components/render.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
 # line, so each script the host receives is complete in itself.
 #
 #   step_begin NAME [stderr]  names the step in every line it prints ("[NAME] ..."), on stdout
@@ -27,6 +27,8 @@ set -euo pipefail
 #                             after SECONDS s: WHAT" and returns 124. --root: through `sudo -n`, with
 #                             timeout inside sudo so the limit reaches the command's own children.
 #                             --output: COMMAND's stdout and stderr appended to FILE. stdin passes on.
+#   without_secrets ENV_FILE  a filter: stdin less every line that holds a value of ENV_FILE (an
+#                             env file read as root, into a pipe, never into an argument).
 #   bounded_capture VAR SECONDS WHAT COMMAND [ARGS...]
 #                             the same, COMMAND's stdout into the variable VAR (never for secrets: it
 #                             passes through a temporary file).
@@ -125,6 +127,16 @@ bounded_capture() {
   return "$status"
 }
 
+_secret_values() {
+  # The env file's non-empty values, one a line.
+  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$1" 2>/dev/null || true
+}
+
+without_secrets() {
+  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
+  grep --fixed-strings --invert-match --file=<(_secret_values "$1") || true
+}
+
 _step_stopped() {
   local signal=$1 number=$2 limit=${VLLM_GCP_STEP_LIMIT_SECONDS:-} status
   trap - TERM HUP
@@ -152,14 +164,13 @@ readonly ROOT="${VLLM_GCP_ROOT:-}"
 readonly IMAGE='vllm/vllm-openai:v0.32.0'
 readonly SERVICE_NAME='vllm.service'
 readonly UNIT_FILE="${ROOT}/etc/systemd/system/${SERVICE_NAME}"
-read -r -a CACHE_DIRS <<<'/var/lib/vllm-cache/huggingface /var/lib/vllm-cache/vllm /var/lib/vllm-cache/vllm-gcp'
-readonly CACHE_DIRS
+readonly CACHE_DIRS=('/var/lib/vllm-cache/huggingface' '/var/lib/vllm-cache/vllm' '/var/lib/vllm-cache/vllm-gcp')
 # Its values (the API key, the token) are filtered out of the journal lines printed here.
 readonly SECRETS_ENV_FILE="${ROOT}"'/etc/vllm-gcp/secrets.env'
-# Set where the image comes through Artifact Registry: the login script and where it goes.
+# Set where the image comes through Artifact Registry, whose login helper the startup script
+# installed (scripts/registry_login.sh).
 readonly REGISTRY_HOST=''
 readonly REGISTRY_LOGIN="${ROOT}"'/usr/local/libexec/vllm-gcp/registry-login'
-readonly REGISTRY_LOGIN_SCRIPT=''
 readonly LOG_LINES=50
 # The login's token request and docker login are bounded inside it too.
 readonly REGISTRY_LOGIN_SECONDS=300
@@ -196,10 +207,6 @@ log_in_to_registry() {
   if [[ -z $REGISTRY_HOST ]]; then
     return 0
   fi
-  sudo -n install -d -m 0755 "$(dirname "$REGISTRY_LOGIN")"
-  printf '%s' "$REGISTRY_LOGIN_SCRIPT" | sudo -n tee "${REGISTRY_LOGIN}.new" >/dev/null
-  sudo -n chmod 0755 "${REGISTRY_LOGIN}.new"
-  sudo -n mv -f "${REGISTRY_LOGIN}.new" "$REGISTRY_LOGIN"
   bounded --root "$REGISTRY_LOGIN_SECONDS" "logging Docker in to ${REGISTRY_HOST}" \
     "$REGISTRY_LOGIN" "$REGISTRY_HOST"
 }
@@ -220,16 +227,6 @@ install_unit() {
   log "installed ${UNIT_FILE}"
 }
 
-secret_values() {
-  # The env file's non-empty values, one a line: read as root into a pipe, never an argument.
-  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$SECRETS_ENV_FILE" 2>/dev/null || true
-}
-
-without_secrets() {
-  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
-  grep --fixed-strings --invert-match --file=<(secret_values) || true
-}
-
 restart_service() {
   log "restarting ${SERVICE_NAME}"
   if ! bounded --root "$RESTART_SECONDS" \
@@ -238,7 +235,7 @@ restart_service() {
     {
       log "${SERVICE_NAME} did not start; last ${LOG_LINES} lines of its journal (lines holding a secret left out):"
       sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat |
-        without_secrets || true
+        without_secrets "$SECRETS_ENV_FILE" || true
     } >&2
     exit 1
   fi
@@ -253,4 +250,4 @@ pull_image
 install_unit
 restart_service
 VLLM_GCP_STEP_SCRIPT_END
-) && exec timeout --kill-after=20 2640 env VLLM_GCP_STEP_LIMIT_SECONDS=2640 bash -c "$VLLM_GCP_STEP_SCRIPT"
+) && exec timeout --kill-after=20 4440 env VLLM_GCP_STEP_LIMIT_SECONDS=4440 bash -c "$VLLM_GCP_STEP_SCRIPT"

@@ -15,7 +15,7 @@ set -euo pipefail
 
 # shellcheck shell=bash
 # vllm-gcp host library: the pieces every host script shares. Not run on its own: the renderer
-# (components/templates.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
+# (components/render.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
 # line, so each script the host receives is complete in itself.
 #
 #   step_begin NAME [stderr]  names the step in every line it prints ("[NAME] ..."), on stdout
@@ -29,6 +29,8 @@ set -euo pipefail
 #                             after SECONDS s: WHAT" and returns 124. --root: through `sudo -n`, with
 #                             timeout inside sudo so the limit reaches the command's own children.
 #                             --output: COMMAND's stdout and stderr appended to FILE. stdin passes on.
+#   without_secrets ENV_FILE  a filter: stdin less every line that holds a value of ENV_FILE (an
+#                             env file read as root, into a pipe, never into an argument).
 #   bounded_capture VAR SECONDS WHAT COMMAND [ARGS...]
 #                             the same, COMMAND's stdout into the variable VAR (never for secrets: it
 #                             passes through a temporary file).
@@ -127,6 +129,16 @@ bounded_capture() {
   return "$status"
 }
 
+_secret_values() {
+  # The env file's non-empty values, one a line.
+  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$1" 2>/dev/null || true
+}
+
+without_secrets() {
+  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
+  grep --fixed-strings --invert-match --file=<(_secret_values "$1") || true
+}
+
 _step_stopped() {
   local signal=$1 number=$2 limit=${VLLM_GCP_STEP_LIMIT_SECONDS:-} status
   trap - TERM HUP
@@ -186,20 +198,10 @@ exit_count() {
   printf '%s\n' "${restarts:-0}"
 }
 
-secret_values() {
-  # The env file's non-empty values, one a line: read as root into a pipe, never an argument.
-  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$SECRETS_ENV_FILE" 2>/dev/null || true
-}
-
-without_secrets() {
-  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
-  grep --fixed-strings --invert-match --file=<(secret_values) || true
-}
-
 latest_log_line() {
   # Download progress bars end lines with carriage returns: keep the last update only.
   sudo -n journalctl --unit "$SERVICE_NAME" --lines 1 --no-pager --output cat 2>/dev/null |
-    tr '\r' '\n' | without_secrets | sed '/^[[:space:]]*$/d' | tail -n 1 | cut -c 1-240 || true
+    tr '\r' '\n' | without_secrets "$SECRETS_ENV_FILE" | sed '/^[[:space:]]*$/d' | tail -n 1 | cut -c 1-240 || true
 }
 
 fail_with_log() {
@@ -207,7 +209,7 @@ fail_with_log() {
     log "$1"
     log "last ${LOG_LINES} lines of the ${SERVICE_NAME} journal (lines holding a secret left out):"
     sudo -n journalctl --unit "$SERVICE_NAME" --lines "$LOG_LINES" --no-pager --output cat |
-      without_secrets || true
+      without_secrets "$SECRETS_ENV_FILE" || true
   } >&2
   exit 1
 }

@@ -40,7 +40,7 @@ set -Eeuo pipefail
 # script's lines also reach its log file and the journal, and a failure writes its marker.
 # shellcheck shell=bash
 # vllm-gcp host library: the pieces every host script shares. Not run on its own: the renderer
-# (components/templates.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
+# (components/render.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
 # line, so each script the host receives is complete in itself.
 #
 #   step_begin NAME [stderr]  names the step in every line it prints ("[NAME] ..."), on stdout
@@ -54,6 +54,8 @@ set -Eeuo pipefail
 #                             after SECONDS s: WHAT" and returns 124. --root: through `sudo -n`, with
 #                             timeout inside sudo so the limit reaches the command's own children.
 #                             --output: COMMAND's stdout and stderr appended to FILE. stdin passes on.
+#   without_secrets ENV_FILE  a filter: stdin less every line that holds a value of ENV_FILE (an
+#                             env file read as root, into a pipe, never into an argument).
 #   bounded_capture VAR SECONDS WHAT COMMAND [ARGS...]
 #                             the same, COMMAND's stdout into the variable VAR (never for secrets: it
 #                             passes through a temporary file).
@@ -152,6 +154,16 @@ bounded_capture() {
   return "$status"
 }
 
+_secret_values() {
+  # The env file's non-empty values, one a line.
+  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$1" 2>/dev/null || true
+}
+
+without_secrets() {
+  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
+  grep --fixed-strings --invert-match --file=<(_secret_values "$1") || true
+}
+
 _step_stopped() {
   local signal=$1 number=$2 limit=${VLLM_GCP_STEP_LIMIT_SECONDS:-} status
   trap - TERM HUP
@@ -177,20 +189,21 @@ _step_stopped() {
 
 ROOT="${VLLM_GCP_ROOT:-}"
 readonly ROOT
-readonly GPU_COUNT="2"
-readonly DRIVER_BRANCH="580"
-readonly GPU_CHECK_IMAGE="ubuntu:24.04"
-readonly DOCKER_REGISTRY_HOST=""
-readonly APT_SOURCES_MODE="internet"
-readonly APT_MIRROR_HOST=""
-readonly APT_MIRROR_SOURCES_B64=""
-readonly STATE_DIR="${ROOT}/var/lib/vllm-gcp"
-readonly READY_MARKER="${ROOT}/var/lib/vllm-gcp/host-ready"
-readonly STARTUP_FAILED_MARKER="${ROOT}/var/lib/vllm-gcp/startup-failed"
-readonly STARTUP_LOG="${ROOT}/var/log/vllm-gcp-startup.log"
-readonly CACHE_DIR="${ROOT}/var/lib/vllm-cache"
+readonly GPU_COUNT='2'
+readonly DRIVER_BRANCH='580'
+readonly GPU_CHECK_IMAGE='ubuntu:24.04'
+readonly DOCKER_REGISTRY_HOST=''
+readonly APT_SOURCES_MODE='internet'
+readonly APT_MIRROR_HOST=''
+readonly APT_MIRROR_SOURCES_B64=''
+readonly STATE_DIR="${ROOT}"'/var/lib/vllm-gcp'
+readonly READY_MARKER="${ROOT}"'/var/lib/vllm-gcp/host-ready'
+readonly STARTUP_FAILED_MARKER="${ROOT}"'/var/lib/vllm-gcp/startup-failed'
+readonly STARTUP_LOG="${ROOT}"'/var/log/vllm-gcp-startup.log'
+readonly CACHE_DIR="${ROOT}"'/var/lib/vllm-cache'
 readonly DRIVER_REBOOT_MARKER="${STATE_DIR}/driver-reboot-done"
-readonly REBOOTING_MARKER="${STATE_DIR}/rebooting"
+readonly REBOOTING_MARKER="${ROOT}"'/var/lib/vllm-gcp/rebooting'
+readonly REGISTRY_LOGIN="${ROOT}"'/usr/local/libexec/vllm-gcp/registry-login'
 readonly UNATTENDED_UPGRADES_CONFIG="${ROOT}/etc/apt/apt.conf.d/52vllm-gcp-unattended"
 readonly LOCAL_SSD_GLOB="${ROOT}/dev/disk/by-id/google-local-nvme-ssd-*"
 readonly CACHE_ARRAY="${ROOT}/dev/md/vllm-cache"
@@ -646,15 +659,105 @@ check_gpu_fabric() {
   fail "${reason}: see journalctl -u ${FABRIC_MANAGER_SERVICE}"
 }
 
+# The mirror's Docker login helper (scripts/registry_login.sh, token from the metadata server),
+# used here before the check image's pull, then by the run step and the unit's pull of a missing
+# image. Written at every boot, so a new version of the project reaches the host with it.
+install_registry_login() {
+  [[ -n "$DOCKER_REGISTRY_HOST" ]] || return 0
+  step "registry-login"
+  mkdir -p "$(dirname "$REGISTRY_LOGIN")"
+  write_if_changed "$REGISTRY_LOGIN" <<'VLLM_GCP_REGISTRY_LOGIN'
+#!/usr/bin/env bash
+# Logs Docker in to an Artifact Registry Docker host with the VM service account's short-lived
+# access token from the metadata server, so `docker pull` works through the mirror.
+#
+# Usage (as root, before each pull; tokens last about an hour):
+#   registry_login.sh us-central1-docker.pkg.dev
+#
+# The token travels only on pipes (curl -> this shell -> docker's stdin): never on a command
+# line, never printed. Safe to run again at any time: each run replaces the stored credential.
+# Each network operation has a time limit (curl's own, `timeout` for docker login and getent): a
+# limit that hits fails the login with what it was doing. Self-contained (it is installed as a file
+# and run by the unit as well as by the run step), so it does not use scripts/host_lib.sh.
+# VLLM_GCP_METADATA_TOKEN_URL overrides the metadata endpoint for tests.
+set -euo pipefail
+
+readonly TOKEN_URL="${VLLM_GCP_METADATA_TOKEN_URL:-http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token}"
+# Only Artifact Registry Docker hosts: the token must never be sent anywhere else.
+readonly REGISTRY_HOST_PATTERN='^[a-z0-9-]+-docker\.pkg\.dev$'
+readonly DOCKER_LOGIN_SECONDS=60
+readonly LOOKUP_SECONDS=10
+
+log() {
+  echo "registry-login: $*" >&2
+}
+
+fail() {
+  log "error: $*"
+  exit 1
+}
+
+check_host() {
+  local host=$1
+  [[ $host =~ $REGISTRY_HOST_PATTERN ]] ||
+    fail "refusing ${host@Q}: not an Artifact Registry Docker host (REGION-docker.pkg.dev)"
+}
+
+# Prints the access token (to a pipe or a command substitution, never to the log).
+access_token() {
+  local response token status=0
+  # At most about a minute and a half: 6 tries of 10 s, their pauses, and curl's retry budget.
+  response=$(curl --fail --silent --show-error --retry 5 --retry-connrefused --retry-max-time 60 \
+    --connect-timeout 5 --max-time 10 --header "Metadata-Flavor: Google" "$TOKEN_URL") ||
+    status=$?
+  if ((status == 28)); then
+    fail "timed out asking the metadata server for a token (curl --max-time 10, 6 tries)"
+  elif ((status != 0)); then
+    fail "the metadata server gave no token (is a service account attached to the VM?)"
+  fi
+  token=$(sed -n 's/.*"access_token"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$response")
+  [[ -n $token ]] || fail "the metadata server's answer has no access_token"
+  printf '%s' "$token"
+}
+
+docker_login() {
+  local host=$1 token
+  local status=0
+  token=$(access_token)
+  printf '%s' "$token" |
+    timeout "$DOCKER_LOGIN_SECONDS" docker login --username oauth2accesstoken --password-stdin \
+      "https://${host}" >/dev/null || status=$?
+  if ((status == 124)); then
+    fail "timed out after ${DOCKER_LOGIN_SECONDS} s: docker login to ${host}"
+  elif ((status != 0)); then
+    fail "docker login to ${host} was refused (does the service account have roles/artifactregistry.reader there?)"
+  fi
+}
+
+main() {
+  [[ $# -eq 1 ]] || fail "usage: registry_login.sh REGION-docker.pkg.dev"
+  local host=$1
+  check_host "$host"
+  # systemd starts units without HOME; docker keeps credentials under HOME, where the pull
+  # that follows (falling back to the user's home directory) looks for them.
+  if [[ -z ${HOME:-} ]]; then
+    HOME=$(timeout "$LOOKUP_SECONDS" getent passwd "$(id -u)" | cut -d: -f6)
+    export HOME
+  fi
+  log "logging Docker in to ${host} as the VM's service account"
+  docker_login "$host"
+  log "logged in to ${host}"
+}
+
+main "$@"
+# --- end of registry_login.sh
+VLLM_GCP_REGISTRY_LOGIN
+  chmod 0755 "$REGISTRY_LOGIN"
+}
+
 docker_login_to_mirror() {
-  local token
-  token="$(metadata_token)" || return 1
-  log "logging Docker in to ${DOCKER_REGISTRY_HOST} as the VM's service account"
-  # The token on docker's stdin from a process substitution: never an argument, never a file.
   bounded --output "$STARTUP_LOG" "$DOCKER_LOGIN_SECONDS" \
-    "logging Docker in to ${DOCKER_REGISTRY_HOST}" \
-    docker login --username oauth2accesstoken --password-stdin \
-    "https://${DOCKER_REGISTRY_HOST}" < <(printf '%s' "$token")
+    "logging Docker in to ${DOCKER_REGISTRY_HOST}" "$REGISTRY_LOGIN" "$DOCKER_REGISTRY_HOST"
 }
 
 pull_attempt() {
@@ -694,6 +797,7 @@ main() {
   ensure_packages
   ensure_fabric_manager
   configure_docker
+  install_registry_login
   configure_nginx
   prepare_cache
   check_gpus

@@ -12,7 +12,7 @@ set -euo pipefail
 
 # shellcheck shell=bash
 # vllm-gcp host library: the pieces every host script shares. Not run on its own: the renderer
-# (components/templates.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
+# (components/render.py) puts this file in place of a script's "# vllm-gcp:include host_lib.sh"
 # line, so each script the host receives is complete in itself.
 #
 #   step_begin NAME [stderr]  names the step in every line it prints ("[NAME] ..."), on stdout
@@ -26,6 +26,8 @@ set -euo pipefail
 #                             after SECONDS s: WHAT" and returns 124. --root: through `sudo -n`, with
 #                             timeout inside sudo so the limit reaches the command's own children.
 #                             --output: COMMAND's stdout and stderr appended to FILE. stdin passes on.
+#   without_secrets ENV_FILE  a filter: stdin less every line that holds a value of ENV_FILE (an
+#                             env file read as root, into a pipe, never into an argument).
 #   bounded_capture VAR SECONDS WHAT COMMAND [ARGS...]
 #                             the same, COMMAND's stdout into the variable VAR (never for secrets: it
 #                             passes through a temporary file).
@@ -122,6 +124,16 @@ bounded_capture() {
   printf -v "$variable" '%s' "$(cat "$captured")"
   rm -f -- "$captured"
   return "$status"
+}
+
+_secret_values() {
+  # The env file's non-empty values, one a line.
+  sudo -n sed -n 's/^[A-Za-z_][A-Za-z0-9_]*=\(..*\)$/\1/p' "$1" 2>/dev/null || true
+}
+
+without_secrets() {
+  # vLLM before PR #52523 could print the key in its "non-default args" line: drop such lines.
+  grep --fixed-strings --invert-match --file=<(_secret_values "$1") || true
 }
 
 _step_stopped() {

@@ -1,6 +1,7 @@
-"""Which endpoint the operator tools talk to: a stack's outputs, or an explicit URL, key and model.
+"""The endpoint the operator tools talk to, and why a connection to it failed.
 
-Shared by the smoke test and the load benchmark:
+Shared by the smoke test and the load benchmark, so neither imports the other. The endpoint is a
+stack's outputs or an explicit URL, key and model:
 
     --stack NAME                        reads `pulumi stack output --json --show-secrets`
     --endpoint URL --api-key KEY --model NAME [--ca-cert PATH] [--host-header HOST]
@@ -8,6 +9,7 @@ Shared by the smoke test and the load benchmark:
 The API key may come from VLLM_GCP_API_KEY instead of --api-key, which keeps it out of the shell
 history and the process list. `--host-header` sends that Host (and TLS server name) while
 connecting to the URL's address, as `curl --resolve` does: for a domain whose DNS is not set yet.
+`explain_connection_error` turns a failure to connect into its likely cause.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -27,9 +30,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import certifi
+import httpx
+import httpx2
 
 API_KEY_ENV = "VLLM_GCP_API_KEY"
 PULUMI_ENV = "VLLM_GCP_PULUMI"  # the pulumi command; tests stand one in
+FIREWALL_HINT = (
+    "check that your address is in access.apiCidrs (the firewall) and that the host is running"
+)
+CA_HINT = "certificate not trusted: pass --ca-cert (the stack's caCertificate output)"
+# SSL verify code for a certificate that does not name the host (X509_V_ERR_HOSTNAME_MISMATCH).
+HOSTNAME_MISMATCH = 62
 
 
 class EndpointError(Exception):
@@ -112,7 +123,8 @@ def stack_outputs(stack: str) -> dict[str, Any]:
             "--stack needs the pulumi CLI on PATH; or pass --endpoint and --api-key"
         )
     command = [pulumi, "stack", "output", "--json", "--show-secrets", "--stack", stack]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # The operator's own pulumi CLI (VLLM_GCP_PULUMI or PATH), with fixed arguments and no shell.
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
     if result.returncode != 0:
         raise EndpointError(
             f"pulumi stack output failed for stack {stack!r}: {result.stderr.strip()}"
@@ -172,3 +184,46 @@ def resolve_endpoint(args: argparse.Namespace) -> Generator[Endpoint]:
         ca_cert=args.ca_cert,
         host_header=args.host_header,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Why a connection failed
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+# One return per cause, in the order they are told apart.
+def explain_connection_error(error: BaseException, endpoint: Endpoint) -> str:  # noqa: PLR0911
+    """The likely cause of a failure to connect, from the exception and its causes.
+
+    httpx raises for the benchmark's client, httpx2 (the `openai` client's HTTP library) for the
+    smoke test's API calls: both kinds of timeout are recognised.
+    """
+    host, port = endpoint.address
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            if cause.verify_code == HOSTNAME_MISMATCH:
+                return (
+                    f"the certificate does not name {endpoint.server_name}: use the stack's "
+                    "endpoint, or --host-header with the name it was issued for"
+                )
+            if endpoint.ca_cert is not None:
+                return (
+                    f"certificate not trusted by --ca-cert {endpoint.ca_cert}: is it this "
+                    f"stack's caCertificate? ({cause.verify_message})"
+                )
+            return CA_HINT
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused by {host}:{port}: is Nginx running on the host?"
+        if isinstance(cause, TimeoutError | httpx.TimeoutException | httpx2.TimeoutException):
+            return f"no answer from {host}:{port} in time: {FIREWALL_HINT}"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {host}: check the endpoint URL (or the domain's DNS record)"
+    return f"cannot reach {host}:{port} ({error}): {FIREWALL_HINT}"

@@ -1,0 +1,525 @@
+"""What the host runs: every file the GPU host receives, rendered from the configuration.
+
+Each function here is pure: the same configuration (and the same runtime values: addresses, the
+API key, mirror names) gives the same bytes, whichever way the files travel. The templates are
+in scripts/; components/render.py owns all quoting. How the files get to the host is not this
+module's business: over SSH in single-VM mode (components/vllm_server.py, tls_proxy.py), or
+through an instance's metadata.
+
+- `startup_script`: scripts/startup.sh, which GCE runs at every boot (host software, cache disk,
+  GPU check; the readiness contract in components/host_paths.py).
+- the vLLM service: `container_spec` (the vLLM command line), `vllm_unit` (the systemd unit),
+  `secrets_env` (its root-only env file).
+- the Nginx site: `SiteSettings`, `nginx_site`.
+- the remote steps' scripts: `host_ready_script`, `secrets_script`, `run_script`,
+  `serving_script`, `proxy_script`, `letsencrypt_script`, and `file_bundle` (what
+  proxy_script reads on stdin).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from components import catalogue, host_paths
+from components.config import ModelConfig
+from components.render import (
+    Fragment,
+    nginx_comment,
+    nginx_lines,
+    render,
+    systemd_command_line,
+    systemd_lines,
+)
+
+# ------------------------------------------------------------------------------------------------
+# The startup script
+
+# The readiness check's image (`docker run --gpus all IMAGE nvidia-smi`): the container toolkit
+# injects the host's nvidia-smi into any image, as NVIDIA's own sample workload shows, so a plain
+# Ubuntu image does (CUDA tags are removed from Docker Hub at their end of life). On Docker Hub,
+# so a Docker Hub remote repository can serve it to a private host.
+GPU_CHECK_IMAGE = "ubuntu:24.04"
+# The hosts the startup script hands the VM's access token to: Artifact Registry only.
+_DOCKER_REGISTRY_HOST = re.compile(r"[a-z0-9-]+-docker\.pkg\.dev")
+_APT_MIRROR_HOST = re.compile(r"[a-z0-9-]+-apt\.pkg\.dev")
+
+
+@dataclass(frozen=True)
+class AptMirror:
+    """Artifact Registry remote repositories for the Ubuntu archive (components/mirror.py)."""
+
+    host: str  # REGION-apt.pkg.dev
+    sources: str  # deb822 sources text naming the repositories
+
+
+def startup_script(
+    machine: catalogue.MachineSpec,
+    gpu_check_image: str = GPU_CHECK_IMAGE,
+    docker_registry_host: str | None = None,
+    apt_mirror: AptMirror | None = None,
+) -> str:
+    """scripts/startup.sh for this machine (host properties and mirrors, never workload ones)."""
+    if docker_registry_host is not None and not _DOCKER_REGISTRY_HOST.fullmatch(
+        docker_registry_host
+    ):
+        raise ValueError(f"{docker_registry_host!r} is not an Artifact Registry Docker host")
+    if apt_mirror is not None and not _APT_MIRROR_HOST.fullmatch(apt_mirror.host):
+        raise ValueError(f"{apt_mirror.host!r} is not an Artifact Registry apt host")
+    return render(
+        "startup.sh",
+        {
+            "GPU_COUNT": str(machine.gpu_count),
+            "DRIVER_BRANCH": str(catalogue.MIN_DRIVER_FOR_CUDA13),
+            "GPU_CHECK_IMAGE": gpu_check_image,
+            "DOCKER_REGISTRY_HOST": docker_registry_host or "",
+            "REGISTRY_LOGIN_PATH": host_paths.REGISTRY_LOGIN_PATH,
+            "APT_SOURCES_MODE": "internet" if apt_mirror is None else "mirror",
+            "APT_MIRROR_HOST": apt_mirror.host if apt_mirror is not None else "",
+            # Base64: multi-line text travels as one plain word.
+            "APT_MIRROR_SOURCES_B64": base64.b64encode(
+                (apt_mirror.sources if apt_mirror is not None else "").encode()
+            ).decode(),
+            "STATE_DIR": host_paths.STATE_DIR,
+            "READY_MARKER": host_paths.READY_MARKER,
+            "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
+            "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
+            "STARTUP_LOG": host_paths.STARTUP_LOG,
+            "CACHE_DIR": host_paths.CACHE_DIR,
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The vLLM service
+
+SERVICE_NAME = "vllm.service"
+CONTAINER_NAME = "vllm"
+CONTAINER_PORT = 8000
+HF_CACHE_DIR = f"{host_paths.CACHE_DIR}/huggingface"
+VLLM_CACHE_DIR = f"{host_paths.CACHE_DIR}/vllm"
+# Markers that this exact configuration has served once: their presence switches Hugging Face to
+# offline mode. They live in the cache, so they vanish with it (a wiped local SSD).
+OFFLINE_MARKER_DIR = f"{host_paths.CACHE_DIR}/vllm-gcp"
+CACHE_DIRS = (HF_CACHE_DIR, VLLM_CACHE_DIR, OFFLINE_MARKER_DIR)
+# Weights copied from Cloud Storage for images that cannot stream them.
+GCS_WEIGHTS_DIR = f"{host_paths.CACHE_DIR}/gcs-weights"
+CONTAINER_GCS_WEIGHTS = "/model"
+# A copy of the weights from Cloud Storage before a start, within the unit's TimeoutStartSec.
+WEIGHTS_COPY_SECONDS = 2100
+
+# 0.9.x images start the OpenAI server module; from 0.10 the image's entrypoint is `vllm serve`.
+FIRST_VLLM_SERVE_RELEASE = (0, 10, 0)
+# `--disable-log-requests` was removed in v0.12.0, where request logging is off by default.
+DISABLE_LOG_REQUESTS_REMOVED = (0, 12, 0)
+# From v0.11.1 the image's Run:ai Model Streamer reads gs:// itself (--load-format runai_streamer).
+FIRST_GCS_STREAMING_RELEASE = (0, 11, 1)
+
+
+def _at_least(version: tuple[int, int, int] | None, release: tuple[int, int, int]) -> bool:
+    """An image whose release is unknown (a digest, a nightly) is taken to be current."""
+    return version is None or version >= release
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """How the container runs: everything the unit needs, derived from the model settings."""
+
+    entrypoint: str
+    arguments: tuple[str, ...]  # after the image: the rest of the vLLM command line
+    environment: tuple[str, ...]  # docker --env values
+    volumes: tuple[str, ...]  # docker --volume values
+    gcs_copy: tuple[str, str] | None  # (gs:// source, host directory) copied before each start
+    offline_marker: str | None  # written once serving; None when always offline
+
+
+def _family_flags(model: ModelConfig, streaming: bool) -> list[str]:
+    """The family's format flags; streaming replaces its --load-format (only one loader runs)."""
+    family = model.family
+    flags = list(family.vllm_flags) if family is not None else []
+    if streaming and "--load-format" in flags:
+        index = flags.index("--load-format")
+        del flags[index : index + 2]
+    return flags
+
+
+def settings_fingerprint(image: str, arguments: Sequence[str]) -> str:
+    """Names one exact run configuration (image and vLLM arguments), for the offline marker."""
+    digest = hashlib.sha256(json.dumps([image, *arguments]).encode()).hexdigest()
+    return digest[:16]
+
+
+def _model_path(model: ModelConfig, streaming: bool) -> tuple[str, tuple[str, str] | None]:
+    """Where vLLM loads the weights from, and the copy from Cloud Storage that puts them there."""
+    if model.source == "huggingface":
+        return model.id, None
+    if model.gcs_uri is None:
+        raise ValueError("model.source gcs needs model.gcsUri (the configuration requires it)")
+    if streaming:
+        return model.gcs_uri, None
+    local = f"{GCS_WEIGHTS_DIR}/{hashlib.sha256(model.gcs_uri.encode()).hexdigest()[:12]}"
+    return CONTAINER_GCS_WEIGHTS, (model.gcs_uri, local)
+
+
+def container_spec(model: ModelConfig, tensor_parallel_size: int, image: str) -> ContainerSpec:
+    """The container and the full vLLM command line for this model on this image."""
+    version = model.vllm_version
+    streaming = model.source == "gcs" and _at_least(version, FIRST_GCS_STREAMING_RELEASE)
+    model_path, gcs_copy = _model_path(model, streaming)
+    volumes = [f"{HF_CACHE_DIR}:/root/.cache/huggingface", f"{VLLM_CACHE_DIR}:/root/.cache/vllm"]
+    if gcs_copy is not None:
+        volumes.append(f"{gcs_copy[1]}:{CONTAINER_GCS_WEIGHTS}:ro")
+
+    if _at_least(version, FIRST_VLLM_SERVE_RELEASE):
+        entrypoint, command = "vllm", ["serve", model_path]
+    else:
+        entrypoint, command = "python3", ["-m", "vllm.entrypoints.openai.api_server"]
+        command += ["--model", model_path]
+
+    arguments = [
+        *command,
+        # Inside the container; the publish on 127.0.0.1 is what keeps it off the network.
+        "--host",
+        "0.0.0.0",  # noqa: S104
+        "--port",
+        str(CONTAINER_PORT),
+        "--served-model-name",
+        model.served_model_name,
+    ]
+    if model.revision is not None and model.source == "huggingface":
+        arguments += ["--revision", model.revision]
+    arguments += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    arguments += ["--gpu-memory-utilization", f"{model.gpu_memory_utilization:g}"]
+    if model.max_model_len is not None:
+        arguments += ["--max-model-len", str(model.max_model_len)]
+    arguments += _family_flags(model, streaming)
+    if streaming:
+        arguments += ["--load-format", "runai_streamer"]
+    parser = model.effective_tool_call_parser
+    if parser is not None:
+        arguments += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    if not _at_least(version, DISABLE_LOG_REQUESTS_REMOVED):
+        arguments.append("--disable-log-requests")  # keep prompts out of the journal
+    arguments += model.extra_args
+
+    if model.source == "gcs":
+        # Weights come from the bucket: Hugging Face is never contacted.
+        environment = ["HF_HUB_OFFLINE=1"]
+        offline_marker = None
+    else:
+        # Passed through from the unit's environment: set (to 1) only once the marker exists.
+        environment = ["HF_HUB_OFFLINE"]
+        offline_marker = f"{OFFLINE_MARKER_DIR}/served-{settings_fingerprint(image, arguments)}.env"
+    return ContainerSpec(
+        entrypoint=entrypoint,
+        arguments=tuple(arguments),
+        environment=tuple(environment),
+        volumes=tuple(volumes),
+        gcs_copy=gcs_copy,
+        offline_marker=offline_marker,
+    )
+
+
+def docker_run_command(spec: ContainerSpec, image: str) -> list[str]:
+    """The full `docker run` argv of the unit's ExecStart."""
+    command = [
+        "/usr/bin/docker",
+        "run",
+        "--rm",
+        "--name",
+        CONTAINER_NAME,
+        "--gpus",
+        "all",
+        "--ipc=host",  # shared memory for tensor parallelism
+        "--publish",
+        f"127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}:{CONTAINER_PORT}",
+        "--env-file",
+        host_paths.SECRETS_ENV_FILE,
+    ]
+    for value in spec.environment:
+        command += ["--env", value]
+    for volume in spec.volumes:
+        command += ["--volume", volume]
+    # The unit's output goes to the journal; a second copy in Docker's json-file log would grow
+    # without bound.
+    command += ["--log-driver", "none", "--entrypoint", spec.entrypoint, image]
+    return command + list(spec.arguments)
+
+
+def weights_copy_command(source: str, target: str) -> list[str]:
+    """The unit's copy of the weights from Cloud Storage, under its own time limit: a copy that
+    hangs ends with a journal line naming it (which the run step prints) instead of using up the
+    unit's whole start timeout silently."""
+    # gcloud comes as a snap on Google's Ubuntu images, outside systemd's default PATH.
+    script = (
+        f"timeout --kill-after=30 {WEIGHTS_COPY_SECONDS} "
+        'env PATH=/snap/bin:/usr/local/bin:/usr/bin:/bin gcloud storage rsync --recursive "$1" "$2"'
+        ' || { status=$?; if [ "$status" -eq 124 ]; then'
+        f' echo "vllm-gcp: timed out after {WEIGHTS_COPY_SECONDS} s: copying the weights from $1'
+        ' to $2" >&2; fi; exit "$status"; }'
+    )
+    return ["/bin/sh", "-c", script, "weights-copy", source, target]
+
+
+def vllm_unit(spec: ContainerSpec, image: str, registry_host: str | None = None) -> str:
+    """The systemd unit that runs the container (scripts/vllm.service). With `registry_host`,
+    a pull of a missing image logs Docker in there first (tokens last an hour)."""
+    weights_copy = Fragment("")
+    if spec.gcs_copy is not None:
+        source, target = spec.gcs_copy
+        weights_copy = systemd_lines(
+            [
+                ("ExecStartPre", ["/usr/bin/install", "-d", "-m", "0755", target]),
+                ("ExecStartPre", weights_copy_command(source, target)),
+            ]
+        )
+    offline = Fragment("")
+    if spec.offline_marker is not None:
+        offline = systemd_lines([("EnvironmentFile", [spec.offline_marker])], prefix="-")
+    return render(
+        "vllm.service",
+        {
+            "CONTAINER_NAME": CONTAINER_NAME,
+            "READY_MARKER": host_paths.READY_MARKER,
+            "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
+            "STARTUP_LOG": host_paths.STARTUP_LOG,
+            "IMAGE": image,
+            "REGISTRY_HOST": registry_host or "",
+            "REGISTRY_LOGIN_PATH": host_paths.REGISTRY_LOGIN_PATH,
+            "OFFLINE_ENVIRONMENT": offline,
+            "WEIGHTS_COPY": weights_copy,
+            "DOCKER_RUN": systemd_command_line(docker_run_command(spec, image), own_line=[image]),
+        },
+    )
+
+
+def secrets_env(api_key: str, hugging_face_token: str | None) -> str:
+    """The root-only env file's content: vLLM reads VLLM_API_KEY, huggingface_hub HF_TOKEN."""
+    lines = [f"VLLM_API_KEY={api_key}"]
+    if hugging_face_token:
+        lines.append(f"HF_TOKEN={hugging_face_token}")
+    return "\n".join(lines) + "\n"
+
+
+# The vLLM steps' scripts ------------------------------------------------------------------------
+
+
+def host_ready_script(timeout_seconds: int) -> str:
+    """Wait for the startup script's readiness marker (scripts/wait_host_ready.sh)."""
+    return render(
+        "wait_host_ready.sh",
+        {
+            "READY_MARKER": host_paths.READY_MARKER,
+            "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
+            "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
+            "STARTUP_LOG": host_paths.STARTUP_LOG,
+            "TIMEOUT_SECONDS": str(timeout_seconds),
+        },
+    )
+
+
+def secrets_script() -> str:
+    """Write the env file read from stdin, root-only (scripts/write_secrets.sh)."""
+    return render(
+        "write_secrets.sh",
+        {"CONFIG_DIR": host_paths.CONFIG_DIR, "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE},
+    )
+
+
+def run_script(image: str, registry_host: str | None = None) -> str:
+    """Pull `image` (logging in to `registry_host` first where given), install the unit read
+    from stdin, restart it (scripts/install_vllm.sh)."""
+    return render(
+        "install_vllm.sh",
+        {
+            "IMAGE": image,
+            "SERVICE_NAME": SERVICE_NAME,
+            "CACHE_DIRS": CACHE_DIRS,
+            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
+            "REGISTRY_HOST": registry_host or "",
+            "REGISTRY_LOGIN_PATH": host_paths.REGISTRY_LOGIN_PATH,
+        },
+    )
+
+
+def serving_script(served_model_name: str, offline_marker: str | None, timeout_seconds: int) -> str:
+    """Wait until vLLM lists the served model, then mark its weights cached
+    (scripts/wait_serving.sh)."""
+    return render(
+        "wait_serving.sh",
+        {
+            "SERVICE_NAME": SERVICE_NAME,
+            "MODELS_URL": f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/v1/models",
+            "SERVED_MODEL_NAME": served_model_name,
+            "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
+            "OFFLINE_MARKER": offline_marker or "",
+            "TIMEOUT_SECONDS": str(timeout_seconds),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The Nginx site
+
+# Where the proxy's files go on the host (Debian/Ubuntu Nginx layout).
+SITE_PATH = "/etc/nginx/sites-available/vllm-gcp.conf"
+SITE_ENABLED_PATH = "/etc/nginx/sites-enabled/vllm-gcp.conf"
+DEFAULT_SITE_ENABLED_PATH = "/etc/nginx/sites-enabled/default"  # also claims port 80
+ACME_BOOTSTRAP_SITE_PATH = "/etc/nginx/sites-enabled/vllm-gcp-acme.conf"
+ACCESS_LOG = "/var/log/nginx/vllm-gcp-access.log"
+ACME_WEBROOT = "/var/www/vllm-gcp-acme"
+CERTIFICATE_PATH = f"{host_paths.TLS_DIR}/server.crt"
+CERTIFICATE_KEY_PATH = f"{host_paths.TLS_DIR}/server.key"
+LETSENCRYPT_LIVE_DIR = "/etc/letsencrypt/live"
+
+# The proxy's limits (README: "The TLS proxy").
+# Past anything Kibana waits: 120 s for the OpenAI connector's non-streamed calls, 180 s for the
+# Security AI Assistant's, xpack.actions.responseTimeout (300 s as kibanaSettings sets it).
+PROXY_TIMEOUT = "900s"
+CLIENT_MAX_BODY_SIZE = "32m"  # >= 16 MB prompts
+FAILED_AUTH_RATE = "30r/m"  # sustained wrong-token attempts per client address
+FAILED_AUTH_BURST = 10  # wrong-token attempts answered 401 before 429 starts
+
+MAX_API_KEY_LENGTH = 200  # what the site's map_hash_bucket_size holds
+# RFC 6750 b64token: a bearer token is nothing else.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_SERVER_NAME = re.compile(r"[A-Za-z0-9.-]+")
+_LISTEN = re.compile(r"([0-9.]+:)?[0-9]{1,5}")
+_SIZE = re.compile(r"[0-9]+[km]?")
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """Everything the Nginx site depends on; the defaults are the host's values.
+
+    The real-Nginx tests render the site from these settings with paths and ports of their own,
+    so they check the very text the host gets.
+    """
+
+    api_key: str
+    server_name: str
+    certificate_path: str = CERTIFICATE_PATH
+    certificate_key_path: str = CERTIFICATE_KEY_PATH
+    api_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    https_listen: str = "443"
+    http_listen: str = "80"
+    upstream: str = f"127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}"
+    access_log: str = ACCESS_LOG
+    acme_webroot: str = ACME_WEBROOT
+    proxy_timeout: str = PROXY_TIMEOUT
+    client_max_body_size: str = CLIENT_MAX_BODY_SIZE
+    failed_auth_rate: str = FAILED_AUTH_RATE
+    failed_auth_burst: int = FAILED_AUTH_BURST
+
+
+def access_rules(api_cidrs: Sequence[str]) -> Fragment:
+    """`allow` lines for each range then `deny all`, or nothing where the API is open to all."""
+    networks = [ipaddress.ip_network(cidr) for cidr in api_cidrs]
+    if any(network.prefixlen == 0 for network in networks):
+        return nginx_comment("access.apiCidrs includes 0.0.0.0/0: every source may connect.")
+    return nginx_lines([*(("allow", str(n)) for n in networks), ("deny", "all")])
+
+
+def nginx_site(settings: SiteSettings) -> str:
+    """The Nginx site for these settings (scripts/nginx-site.conf rendered)."""
+    if not _BEARER_TOKEN.fullmatch(settings.api_key) or len(settings.api_key) > MAX_API_KEY_LENGTH:
+        raise ValueError(
+            f"the API key must be a bearer token of at most {MAX_API_KEY_LENGTH} characters "
+            "(letters, digits, -._~+/ and =)"
+        )
+    if not _SERVER_NAME.fullmatch(settings.server_name):
+        raise ValueError(f"{settings.server_name!r} is not a host name or IPv4 address")
+    for listen in (settings.https_listen, settings.http_listen, settings.upstream):
+        if not _LISTEN.fullmatch(listen):
+            raise ValueError(f"{listen!r} is not a port or address:port")
+    if not _SIZE.fullmatch(settings.client_max_body_size):
+        raise ValueError(f"{settings.client_max_body_size!r} is not an Nginx size")
+    paths = (
+        settings.certificate_path,
+        settings.certificate_key_path,
+        settings.access_log,
+        settings.acme_webroot,
+    )
+    for path in paths:
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} is not an absolute path")
+    return render(
+        "nginx-site.conf",
+        {
+            "BEARER_CREDENTIALS": f"Bearer {settings.api_key}",
+            "SERVER_NAME": settings.server_name,
+            "CERTIFICATE": settings.certificate_path,
+            "CERTIFICATE_KEY": settings.certificate_key_path,
+            "ACCESS_RULES": access_rules(settings.api_cidrs),
+            "HTTPS_LISTEN": settings.https_listen,
+            "HTTP_LISTEN": settings.http_listen,
+            "UPSTREAM": settings.upstream,
+            "ACCESS_LOG": settings.access_log,
+            "ACME_WEBROOT": settings.acme_webroot,
+            "PROXY_TIMEOUT": settings.proxy_timeout,
+            "CLIENT_MAX_BODY_SIZE": settings.client_max_body_size,
+            "FAILED_AUTH_RATE": f"rate={settings.failed_auth_rate}",
+            "FAILED_AUTH_BURST": f"burst={settings.failed_auth_burst}",
+        },
+    )
+
+
+# The proxy steps' scripts -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyPaths:
+    """Where proxy_script installs the files it receives, and the sites it manages."""
+
+    site: str = SITE_PATH
+    site_enabled: str = SITE_ENABLED_PATH
+    default_site_enabled: str = DEFAULT_SITE_ENABLED_PATH
+    certificate: str = CERTIFICATE_PATH
+    certificate_key: str = CERTIFICATE_KEY_PATH
+    acme_webroot: str = ACME_WEBROOT
+
+
+HOST_PROXY_PATHS = ProxyPaths()
+
+
+def proxy_script(paths: ProxyPaths = HOST_PROXY_PATHS) -> str:
+    """Install the site (and certificate and key) read from stdin, check, reload
+    (scripts/configure_proxy.sh, run as root)."""
+    return render(
+        "configure_proxy.sh",
+        {
+            "SITE_PATH": paths.site,
+            "SITE_ENABLED_PATH": paths.site_enabled,
+            "DEFAULT_SITE_ENABLED_PATH": paths.default_site_enabled,
+            "CERTIFICATE_PATH": paths.certificate,
+            "CERTIFICATE_KEY_PATH": paths.certificate_key,
+            "ACME_WEBROOT": paths.acme_webroot,
+        },
+    )
+
+
+def letsencrypt_script(domain: str, email: str, address: str) -> str:
+    """Obtain or keep the Let's Encrypt certificate for the domain (scripts/letsencrypt.sh, run
+    as root)."""
+    return render(
+        "letsencrypt.sh",
+        {
+            "DOMAIN": domain,
+            "EMAIL": email,
+            "ADDRESS": address,
+            "ACME_WEBROOT": ACME_WEBROOT,
+            "BOOTSTRAP_SITE_PATH": ACME_BOOTSTRAP_SITE_PATH,
+        },
+    )
+
+
+def file_bundle(files: Mapping[str, str]) -> str:
+    """proxy_script's stdin: one `<name> <base64 of the content>` line per file."""
+    return "".join(
+        f"{name} {base64.b64encode(content.encode()).decode()}\n" for name, content in files.items()
+    )
