@@ -7,10 +7,14 @@ outputs contract in the README).
 import pulumi
 
 from components import config
+from components.certificates import ServerCertificate, ServerCertificateArgs
+from components.credentials import ApiKey
 from components.elastic import ElasticIntegration, ElasticIntegrationArgs
+from components.fleet import Fleet, FleetArgs
 from components.host import GpuHost, GpuHostArgs
 from components.host_bundle import GPU_CHECK_IMAGE
 from components.identity import HostIdentity, HostIdentityArgs
+from components.load_balancer import LoadBalancer, LoadBalancerArgs
 from components.mirror import Mirror, MirrorArgs
 from components.network import Network, NetworkArgs
 from components.services import ProjectServices, ProjectServicesArgs
@@ -27,6 +31,7 @@ services = ProjectServices(
         private=stack.network.private,
         mirrors=stack.mirror.docker_remote or stack.mirror.apt_remote,
         gcs_weights=stack.model.source == "gcs",
+        fleet=stack.fleet is not None,
     ),
 )
 apis_on = pulumi.ResourceOptions(depends_on=services.services)
@@ -38,6 +43,7 @@ network = Network(
         access=stack.access,
         tls_mode=stack.tls.mode,
         region=stack.region,
+        fleet=stack.fleet,
     ),
     apis_on,
 )
@@ -53,77 +59,154 @@ mirror = Mirror(
     ),
     apis_on,
 )
-host = GpuHost(
+api_key = ApiKey("vllm")
+certificate = ServerCertificate(
     "vllm",
-    GpuHostArgs(
-        host=stack.host,
-        zone=stack.zone,
-        labels=stack.labels,
-        subnetwork=network.subnetwork,
-        internal_address=network.internal_address,
-        external_address=network.external_address,
-        network_tag=network.host_tag,
-        service_account_email=identity.email,
-        gpu_check_image=mirror.image(GPU_CHECK_IMAGE),
-        docker_registry_host=mirror.registry_host,
-        apt_mirror=mirror.apt_mirror,
-        ssh_jump_host=stack.network.ssh_jump_host,
-    ),
-    apis_on,
-)
-server = VllmServer(
-    "vllm",
-    VllmServerArgs(
-        model=stack.model,
-        tensor_parallel_size=stack.tensor_parallel_size,
-        connection=host.connection,
-        instance_id=host.instance_id,
-        host_ready=host.ready,
-        hugging_face_token=stack.secrets.hugging_face_token,
-        image=mirror.vllm_image,
-        registry_host=mirror.registry_host,
-    ),
-    # Weights in Cloud Storage and the mirrored image are readable only once the grants exist.
-    pulumi.ResourceOptions(depends_on=mirror.grants),
-)
-proxy = TlsProxy(
-    "vllm",
-    TlsProxyArgs(
+    ServerCertificateArgs(
         tls=stack.tls,
-        access=stack.access,
-        connection=host.connection,
-        instance_id=host.instance_id,
-        host_ready=host.ready,
-        api_key=server.api_key,
-        address=host.endpoint_address,
+        address=network.endpoint_address,
         provided_certificate=stack.secrets.tls_certificate,
         provided_private_key=stack.secrets.tls_private_key,
     ),
 )
+
+if stack.fleet is None:
+    # One VM, configured over SSH.
+    host = GpuHost(
+        "vllm",
+        GpuHostArgs(
+            host=stack.host,
+            zone=stack.zone,
+            labels=stack.labels,
+            subnetwork=network.subnetwork,
+            internal_address=network.internal_address,
+            external_address=network.external_address,
+            network_tag=network.host_tag,
+            service_account_email=identity.email,
+            gpu_check_image=mirror.image(GPU_CHECK_IMAGE),
+            docker_registry_host=mirror.registry_host,
+            apt_mirror=mirror.apt_mirror,
+            ssh_jump_host=stack.network.ssh_jump_host,
+        ),
+        apis_on,
+    )
+    server = VllmServer(
+        "vllm",
+        VllmServerArgs(
+            model=stack.model,
+            tensor_parallel_size=stack.tensor_parallel_size,
+            connection=host.connection,
+            instance_id=host.instance_id,
+            host_ready=host.ready,
+            api_key=api_key.value,
+            hugging_face_token=stack.secrets.hugging_face_token,
+            image=mirror.vllm_image,
+            registry_host=mirror.registry_host,
+        ),
+        # Weights in Cloud Storage and the mirrored image are readable only once the grants
+        # exist.
+        pulumi.ResourceOptions(depends_on=mirror.grants),
+    )
+    proxy = TlsProxy(
+        "vllm",
+        TlsProxyArgs(
+            tls=stack.tls,
+            access=stack.access,
+            connection=host.connection,
+            instance_id=host.instance_id,
+            host_ready=host.ready,
+            api_key=api_key.value,
+            address=host.endpoint_address,
+            certificate=certificate,
+        ),
+    )
+    endpoint_ready: list[pulumi.Resource] = [server.serving, proxy.site]
+    operators = {
+        "publicIp": host.public_ip,
+        "privateIp": host.private_ip,
+        "instanceName": host.instance_name,
+        "instanceGroup": None,
+        "zone": stack.zone,
+        "sshPrivateKey": host.ssh_private_key,
+    }
+else:
+    # Replicas on a regional managed instance group, configured at boot, behind a load balancer.
+    fleet = Fleet(
+        "vllm",
+        FleetArgs(
+            host=stack.host,
+            fleet=stack.fleet,
+            zones=stack.fleet_zones,
+            region=stack.region,
+            project=stack.project,
+            labels=stack.labels,
+            subnetwork=network.subnetwork,
+            network_tag=network.host_tag,
+            service_account_email=identity.email,
+            service_account_member=identity.member,
+            model=stack.model,
+            tensor_parallel_size=stack.tensor_parallel_size,
+            image=mirror.vllm_image,
+            registry_host=mirror.registry_host,
+            gpu_check_image=mirror.image(GPU_CHECK_IMAGE),
+            apt_mirror=mirror.apt_mirror,
+            api_key=api_key.value,
+            hugging_face_token=stack.secrets.hugging_face_token,
+            endpoint_host=certificate.endpoint_host,
+            load_balancer_address=network.endpoint_address,
+            proxy_subnet_cidr=stack.fleet.proxy_subnet_cidr,
+            api_cidrs=stack.access.api_cidrs,
+            certificate=certificate,
+        ),
+        pulumi.ResourceOptions(depends_on=[*services.services, *mirror.grants]),
+    )
+    load_balancer = LoadBalancer(
+        "vllm",
+        LoadBalancerArgs(
+            region=stack.region,
+            private=stack.network.private,
+            vpc=network.vpc,
+            subnetwork=network.subnetwork,
+            address=network.endpoint_address,
+            proxy_subnet=network.proxy_subnet,
+            certificate=certificate,
+            instance_group=fleet.instance_group,
+            group_ready=fleet.rollout,
+        ),
+        apis_on,
+    )
+    endpoint_ready = [fleet.rollout, load_balancer.forwarding_rule]
+    operators = {
+        "publicIp": network.external_address,
+        "privateIp": network.internal_address,
+        "instanceName": None,
+        "instanceGroup": fleet.instance_group,
+        "zone": None,  # gcp:zone only names the region
+        "sshPrivateKey": fleet.ssh_private_key,
+    }
+
 elastic = ElasticIntegration(
     "vllm",
     ElasticIntegrationArgs(
         elastic=stack.elastic,
         stack=stack.stack,
-        endpoint_host=proxy.endpoint_host,
-        api_key=server.api_key,
+        endpoint_host=certificate.endpoint_host,
+        api_key=api_key.value,
         served_model_name=stack.model.served_model_name,
         tool_calling=stack.model.effective_tool_call_parser is not None,
-        ca_certificate=proxy.ca_certificate,
-        endpoint_ready=[server.serving, proxy.site],
+        ca_certificate=certificate.ca_certificate,
+        endpoint_ready=endpoint_ready,
     ),
 )
 
 pulumi.export("endpoint", elastic.endpoint)
 pulumi.export("connectorUrl", elastic.connector_url)
-pulumi.export("apiKey", server.api_key)
+pulumi.export("apiKey", api_key.value)
 pulumi.export("model", stack.model.served_model_name)
-pulumi.export("caCertificate", proxy.ca_certificate)
+pulumi.export("caCertificate", certificate.ca_certificate)
 pulumi.export("kibanaConnector", elastic.connector_body)
 pulumi.export("kibanaSettings", elastic.kibana_settings)
-pulumi.export("publicIp", host.public_ip)
-pulumi.export("privateIp", host.private_ip)
-pulumi.export("instanceName", host.instance_name)
-pulumi.export("zone", stack.zone)
+pulumi.export("inferenceId", elastic.inference_id)  # with elastic.elasticsearchUrl, else null
+for key, value in operators.items():
+    pulumi.export(key, value)
 pulumi.export("sshUser", stack.host.ssh_user)
-pulumi.export("sshPrivateKey", host.ssh_private_key)

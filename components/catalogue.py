@@ -331,6 +331,11 @@ L4 = GpuModel(
 )
 
 
+def region_zones(gpu: GpuModel, region: str) -> list[str]:
+    """The zones of `region` known to offer `gpu`, in order."""
+    return sorted(zone for zone in gpu.zones if zone.rsplit("-", 1)[0] == region)
+
+
 def _machines() -> dict[str, MachineSpec]:
     """Machine types and the GPUs they attach by type (compute/docs/gpus)."""
     specs: list[MachineSpec] = []
@@ -418,6 +423,28 @@ MODEL_FAMILIES: tuple[ModelFamily, ...] = (
         tool_call_parser="hermes",
         vllm_flags=(),
     ),
+    # The open models Elastic's 2026 Security LLM matrix rates highest that fit these machines
+    # (elastic/docs-content solutions/security/ai/large-language-model-performance-matrix.md).
+    # GPT-OSS: vLLM's tool-calling guide, "OpenAI OSS Models (`openai`)": openai/gpt-oss-20b,
+    # openai/gpt-oss-120b, flags `--tool-call-parser openai`; the vLLM recipe
+    # (vllm-project/recipes models/openai/gpt-oss-120b.yaml, updated 2026-05-10) adds nothing
+    # else on A100 ("default TRITON_ATTN + Marlin MXFP4 MoE").
+    ModelFamily(
+        name="gpt_oss",
+        id_pattern=re.compile(r"^openai/gpt-oss-"),
+        tool_call_parser="openai",
+        vllm_flags=(),
+    ),
+    # Gemma 4: the vLLM recipe (vllm-project/recipes models/Google/gemma-4-31B-it.yaml, updated
+    # 2026-05-11), feature tool_calling: `--enable-auto-tool-choice --tool-call-parser gemma4
+    # --chat-template examples/tool_chat_template_gemma4.jinja`; in the vllm/vllm-openai image
+    # the examples are under /vllm-workspace (the tool-calling guide's Apertus entry).
+    ModelFamily(
+        name="gemma4",
+        id_pattern=re.compile(r"^google/gemma-4-"),
+        tool_call_parser="gemma4",
+        vllm_flags=("--chat-template", "/vllm-workspace/examples/tool_chat_template_gemma4.jinja"),
+    ),
 )
 
 # Tool-call parsers vLLM registers (`_TOOL_PARSERS_TO_REGISTER` in vllm/tool_parsers/__init__.py,
@@ -488,6 +515,24 @@ KNOWN_MODEL_PARAMS_B: dict[str, float] = {
     "Qwen/Qwen2.5-14B-Instruct": 14.8,
     "Qwen/Qwen2.5-32B-Instruct": 32.8,
     "Qwen/Qwen2.5-72B-Instruct": 72.7,
+    # 117B total, 5.1B active (the model card, openai/gpt-oss-120b); its weights are not bf16,
+    # see KNOWN_MODEL_WEIGHTS_GB.
+    "openai/gpt-oss-120b": 117.0,
+    "openai/gpt-oss-20b": 21.0,
+    # "parameter_count: 31B", dense (vllm-project/recipes models/Google/gemma-4-31B-it.yaml).
+    "google/gemma-4-31B-it": 31.0,
+    # A 1.6T-parameter MoE with 49B active (huggingface/chat-ui#2245): rated by Elastic for Attack
+    # Discovery, but no catalogue machine holds it; listed so the fit check says so.
+    "deepseek-ai/DeepSeek-V4-Pro": 1600.0,
+}
+# Checkpoints that are not bf16, by their size on the GPUs. GPT-OSS ships its MoE weights in
+# MXFP4 ("post-trained with MXFP4 quantization of the MoE weights, making gpt-oss-120b run on a
+# single 80GB GPU", the model card): about 4.25 bits for the ~114B expert parameters and bf16 for
+# the rest make about 65 GB for the 120B and 13 GB for the 20B (estimates; the vLLM recipe rates
+# the 120B's default variant at vram_minimum_gb 96, which the KV-cache margin below matches).
+KNOWN_MODEL_WEIGHTS_GB: dict[str, float] = {
+    "openai/gpt-oss-120b": 65.0,
+    "openai/gpt-oss-20b": 13.0,
 }
 BYTES_PER_PARAM_BF16 = 2.0
 # The weights may fill at most this share of the memory vLLM may use: the rest holds the KV cache,
@@ -504,7 +549,9 @@ def family_of(model_id: str) -> ModelFamily | None:
 
 
 def weights_gb(model_id: str) -> float | None:
-    """Size of the weights in GB at bf16, where the model is known."""
+    """Size of the weights in GB (bf16 unless the checkpoint says otherwise), where known."""
+    if model_id in KNOWN_MODEL_WEIGHTS_GB:
+        return KNOWN_MODEL_WEIGHTS_GB[model_id]
     params = KNOWN_MODEL_PARAMS_B.get(model_id)
     return None if params is None else params * BYTES_PER_PARAM_BF16
 

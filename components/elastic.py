@@ -1,7 +1,10 @@
-"""What Elastic needs from the endpoint: the connector's values, kibana.yml lines, the connector.
+"""What Elastic needs from the endpoint: the connector's values, kibana.yml lines, the connector,
+the inference endpoint.
 
 The outputs serve the by-hand path (paste them into Kibana); with `elastic.kibanaUrl` set the
-stack also creates the Kibana connector itself through the Connectors API (`KibanaConnector`).
+stack also creates the Kibana connector itself through the Connectors API (`KibanaConnector`),
+and with `elastic.elasticsearchUrl` an Elasticsearch inference endpoint (`InferenceEndpoint`),
+which Kibana 9.4+ lists under Model management. Either, both, or neither.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import pulumi
 
 from components.config import ElasticConfig
+from components.inference_endpoint import InferenceEndpoint, InferenceEndpointArgs
 from components.kibana_connector import KibanaConnector, KibanaConnectorArgs
 
 CONNECTOR_TYPE = ".gen-ai"  # Kibana's OpenAI connector
@@ -73,8 +77,11 @@ def connector_body(
     }
 
 
-def kibana_settings(host: str, ca_certificate: str | None) -> str:
-    """The kibana.yml lines this endpoint needs (no secrets)."""
+def kibana_settings(host: str, ca_certificate: str | None, inference_id: str | None = None) -> str:
+    """The kibana.yml lines this endpoint needs (no secrets), and, with an inference endpoint and
+    a self-signed CA, what each Elasticsearch node needs, as comments: Elasticsearch, not Kibana,
+    calls the model then, with its JVM's default trust store (the inference API's HTTP client has
+    TLS settings for the elastic service only), which kibana.yml cannot reach."""
     lines: list[str] = []
     if ca_certificate is not None:
         lines += [
@@ -93,6 +100,16 @@ def kibana_settings(host: str, ca_certificate: str | None) -> str:
         "feature_flags.overrides:",
         "  securitySolution.inferenceChatModelDisabled: true",
     ]
+    if inference_id is not None and ca_certificate is not None:
+        lines += [
+            f"# Inference endpoint {inference_id}: Elasticsearch calls the model itself and does",
+            "# not read kibana.yml. On every Elasticsearch node (self-managed; Elastic Cloud",
+            "# cannot trust a private CA) add the CA to the bundled JDK's trust store, then",
+            "# restart the node, and again after each Elasticsearch upgrade (it replaces the JDK):",
+            "#   pulumi stack output caCertificate > ca.pem",
+            '#   "$ES_HOME/jdk/bin/keytool" -importcert -cacerts -storepass changeit -noprompt \\',
+            f"#     -alias {inference_id} -file ca.pem",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -108,13 +125,15 @@ def connector_id_for(*identity: str) -> str:
 
 
 class ElasticIntegration(pulumi.ComponentResource):
-    """Outputs for Elastic's OpenAI connector, and the connector itself when Kibana is set."""
+    """Outputs for Elastic's OpenAI connector; the connector itself when Kibana is set; an
+    inference endpoint when Elasticsearch is set."""
 
     endpoint: pulumi.Output[str]
     connector_url: pulumi.Output[str]
     connector_body: pulumi.Output[dict[str, Any]]
     kibana_settings: pulumi.Output[str]
     connector_id: pulumi.Output[str] | None
+    inference_id: pulumi.Output[str] | None
 
     def __init__(
         self, name: str, args: ElasticIntegrationArgs, opts: pulumi.ResourceOptions | None = None
@@ -124,6 +143,11 @@ class ElasticIntegration(pulumi.ComponentResource):
         model = args.served_model_name
         connector_name = (elastic.connector_name if elastic else None) or default_connector_name(
             model
+        )
+        inference_id = (
+            elastic.inference_id_for(args.stack)
+            if elastic is not None and elastic.elasticsearch_url is not None
+            else None
         )
 
         self.endpoint = args.endpoint_host.apply(lambda host: f"https://{host}/v1")
@@ -143,11 +167,11 @@ class ElasticIntegration(pulumi.ComponentResource):
             else pulumi.Output.from_input(None)
         )
         self.kibana_settings = pulumi.Output.all(args.endpoint_host, ca_certificate).apply(
-            lambda values: kibana_settings(values[0], values[1])
+            lambda values: kibana_settings(values[0], values[1], inference_id)
         )
 
         self.connector_id = None
-        if elastic is not None:
+        if elastic is not None and elastic.kibana_url is not None:
             connector = KibanaConnector(
                 f"{name}-kibana-connector",
                 KibanaConnectorArgs(
@@ -174,6 +198,24 @@ class ElasticIntegration(pulumi.ComponentResource):
             )
             self.connector_id = connector.connector_id
 
+        self.inference_id = None
+        if elastic is not None and elastic.elasticsearch_url is not None and inference_id:
+            # The Elasticsearch API key is not passed either: the endpoint's provider reads
+            # vllm-gcp:elasticsearchApiKey from the stack configuration (inference_endpoint.py).
+            endpoint = InferenceEndpoint(
+                f"{name}-inference-endpoint",
+                InferenceEndpointArgs(
+                    elasticsearch_url=elastic.elasticsearch_base_url,
+                    inference_id=inference_id,
+                    model_id=model,
+                    url=self.connector_url,
+                    api_key=args.api_key,
+                    verify=elastic.verify,
+                ),
+                pulumi.ResourceOptions(parent=self, depends_on=args.endpoint_ready),
+            )
+            self.inference_id = endpoint.inference_id
+
         self.register_outputs(
             {
                 "endpoint": self.endpoint,
@@ -181,5 +223,6 @@ class ElasticIntegration(pulumi.ComponentResource):
                 "connectorBody": self.connector_body,
                 "kibanaSettings": self.kibana_settings,
                 "connectorId": self.connector_id,
+                "inferenceId": self.inference_id,
             }
         )

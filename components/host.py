@@ -8,6 +8,7 @@ readiness marker; the later components configure the workload after that step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -35,7 +36,7 @@ class GpuHostArgs:
     zone: str
     labels: dict[str, str]
     subnetwork: pulumi.Input[str]
-    internal_address: pulumi.Input[str]
+    internal_address: pulumi.Input[str] | None  # components/network.py: the VM's internal IP
     external_address: pulumi.Input[str] | None  # None in private exposure: no access config
     network_tag: str
     service_account_email: pulumi.Input[str]  # components/identity.py
@@ -56,7 +57,7 @@ def image_family(reference: str) -> tuple[str, str] | None:
     return match["project"], match["name"]
 
 
-def _nic_type(machine: catalogue.MachineSpec) -> str | None:
+def nic_type(machine: catalogue.MachineSpec) -> str | None:
     """GVNIC on A3, which requires it: its general-purpose NICs are gVNIC ("Networking and GPU
     machines", compute/docs/gpus/gpu-network-bandwidth). Unset on A2/G2: a changed nic_type
     replaces the VM, and their existing hosts run with the default.
@@ -64,22 +65,36 @@ def _nic_type(machine: catalogue.MachineSpec) -> str | None:
     return "GVNIC" if machine.name.startswith("a3-") else None
 
 
-def _scheduling(provisioning: str) -> gcp.compute.InstanceSchedulingArgs:
+@dataclass(frozen=True)
+class Scheduling:
+    """The scheduling of a GPU VM, for the Instance's and an instance template's arguments."""
+
+    provisioning_model: str
+    preemptible: bool
+    automatic_restart: bool
+    instance_termination_action: str | None
     # GPU VMs cannot live-migrate: host maintenance must stop them (compute/docs/gpus).
+    on_host_maintenance: str = "TERMINATE"
+
+
+def scheduling(provisioning: str) -> Scheduling:
     if provisioning == "spot":
-        return gcp.compute.InstanceSchedulingArgs(
-            on_host_maintenance="TERMINATE",
-            provisioning_model="SPOT",
-            preemptible=True,
-            automatic_restart=False,
-            # Stop, not delete, on preemption: the boot disk and the stack's state survive.
-            instance_termination_action="STOP",
+        # Stop, not delete, on preemption: the boot disk and the stack's state survive.
+        return Scheduling(
+            "SPOT", preemptible=True, automatic_restart=False, instance_termination_action="STOP"
         )
+    return Scheduling(
+        "STANDARD", preemptible=False, automatic_restart=True, instance_termination_action=None
+    )
+
+
+def _instance_scheduling(plan: Scheduling) -> gcp.compute.InstanceSchedulingArgs:
     return gcp.compute.InstanceSchedulingArgs(
-        on_host_maintenance="TERMINATE",
-        provisioning_model="STANDARD",
-        preemptible=False,
-        automatic_restart=True,
+        on_host_maintenance=plan.on_host_maintenance,
+        provisioning_model=plan.provisioning_model,
+        preemptible=plan.preemptible,
+        automatic_restart=plan.automatic_restart,
+        instance_termination_action=plan.instance_termination_action,
     )
 
 
@@ -112,6 +127,9 @@ class GpuHost(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         host = args.host
         machine = host.machine
+        if args.internal_address is None:
+            raise ValueError("the GPU host needs its static internal address (network.py)")
+        internal_address = args.internal_address
 
         ssh_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
         self.ssh_private_key = pulumi.Output.secret(ssh_key.private_key_openssh)
@@ -141,7 +159,13 @@ class GpuHost(pulumi.ComponentResource):
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=self._boot_image(name, args, opts),
+                    image=pinned_boot_image(
+                        f"{name}-host-image",
+                        host,
+                        {"zone": args.zone},
+                        parent=self,
+                        depends_on=opts.depends_on if opts is not None else None,
+                    ),
                     size=host.boot_disk_gb,
                     type=BOOT_DISK_TYPE,
                 ),
@@ -149,12 +173,12 @@ class GpuHost(pulumi.ComponentResource):
             network_interfaces=[
                 gcp.compute.InstanceNetworkInterfaceArgs(
                     subnetwork=args.subnetwork,
-                    network_ip=args.internal_address,
+                    network_ip=internal_address,
                     access_configs=access_configs,
-                    nic_type=_nic_type(machine),
+                    nic_type=nic_type(machine),
                 )
             ],
-            scheduling=_scheduling(host.provisioning),
+            scheduling=_instance_scheduling(scheduling(host.provisioning)),
             # Canonical's accelerator images load Canonical-signed NVIDIA modules
             # (linux-restricted-modules), so Secure Boot stays on; the startup script's fallback
             # installs the same signed modules through ubuntu-drivers.
@@ -211,7 +235,7 @@ class GpuHost(pulumi.ComponentResource):
         # The static addresses the VM is given, not the VM's own outputs: they are the same
         # values, but stay known across a VM replacement, so the certificate (whose IP SANs
         # replace it), the Nginx site and the Kibana connector do not change with the VM.
-        self.private_ip = pulumi.Output.from_input(args.internal_address)
+        self.private_ip = pulumi.Output.from_input(internal_address)
         self.public_ip = None
         if args.external_address is not None:
             self.public_ip = pulumi.Output.from_input(args.external_address)
@@ -262,47 +286,50 @@ class GpuHost(pulumi.ComponentResource):
             }
         )
 
-    def _boot_image(
-        self, name: str, args: GpuHostArgs, opts: pulumi.ResourceOptions | None
-    ) -> pulumi.Input[str]:
-        """The concrete image the VM boots from: `host.image`, or its family's newest image when
-        the VM was created, pinned.
 
-        The boot image is ForceNew, and the provider's DiskImageDiffSuppress cannot match the
-        concrete name it reads back (ubuntu-accelerator-2404-amd64-with-nvidia-580-v...) to the
-        family ubuntu-accelerator-2404-amd64-with-nvidia-580 (diskImageFamilyEquals, google-beta
-        v7.45.0 services/compute/resource_compute_disk.go: the name holds "-amd64", the family
-        does not end with it), so a family in the Instance would replace the VM on every up. A
-        concrete image matches the state exactly. The family is resolved here and kept in a
-        Stash, which saves the first value it gets and only then changes when it is replaced
-        (pulumi's deploy/builtins.go: Update keeps "output"); replacement_trigger replaces it
-        with everything in the configuration that replaces the VM (the image, the machine type,
-        the provisioning model, the zone), so a new VM always boots the family's newest image. A
-        newer image in the family alone shows as an update of the Stash's input, never as a
-        change of the VM.
-        """
-        reference = args.host.image
-        family = image_family(reference)
-        if family is None:
-            return reference
-        project, family_name = family
-        newest = gcp.compute.get_image_output(
-            family=family_name,
-            project=project,
-            # The Compute API is enabled by the stack (components/services.py): wait for it.
-            opts=pulumi.InvokeOutputOptions(
-                parent=self, depends_on=opts.depends_on if opts is not None else None
-            ),
-        )
-        replaces_vm = {
-            "image": reference,
-            "machineType": args.host.machine_type,
-            "provisioning": args.host.provisioning,
-            "zone": args.zone,
-        }
-        pinned = pulumi.Stash(
-            f"{name}-host-image",
-            input=newest.self_link,
-            opts=pulumi.ResourceOptions(parent=self, replacement_trigger=replaces_vm),
-        )
-        return pinned.output
+def pinned_boot_image(
+    name: str,
+    host: HostConfig,
+    placement: Mapping[str, str],
+    *,
+    parent: pulumi.Resource,
+    depends_on: pulumi.Input[Sequence[pulumi.Input[pulumi.Resource]] | pulumi.Resource] | None,
+) -> pulumi.Input[str]:
+    """The concrete image a VM (or an instance template) boots from: `host.image`, or its
+    family's newest image when the VM was made, pinned.
+
+    The boot image is ForceNew, and the provider's DiskImageDiffSuppress cannot match the
+    concrete name it reads back (ubuntu-accelerator-2404-amd64-with-nvidia-580-v...) to the
+    family ubuntu-accelerator-2404-amd64-with-nvidia-580 (diskImageFamilyEquals, google-beta
+    v7.45.0 services/compute/resource_compute_disk.go: the name holds "-amd64", the family does
+    not end with it), so a family in the Instance would replace the VM on every up. A concrete
+    image matches the state exactly. The family is resolved here and kept in a Stash, which
+    saves the first value it gets and only then changes when it is replaced (pulumi's
+    deploy/builtins.go: Update keeps "output"); replacement_trigger replaces it with everything
+    in the configuration that replaces the VM (the image, the machine type, the provisioning
+    model, and `placement`: the zone, or a fleet's region), so a new VM always boots the
+    family's newest image. A newer image in the family alone shows as an update of the Stash's
+    input, never as a change of the VM. `depends_on` holds the invoke until the Compute API is
+    enabled (components/services.py).
+    """
+    family = image_family(host.image)
+    if family is None:
+        return host.image
+    project, family_name = family
+    newest = gcp.compute.get_image_output(
+        family=family_name,
+        project=project,
+        opts=pulumi.InvokeOutputOptions(parent=parent, depends_on=depends_on),
+    )
+    replaces_vm = {
+        "image": host.image,
+        "machineType": host.machine_type,
+        "provisioning": host.provisioning,
+        **placement,
+    }
+    pinned = pulumi.Stash(
+        name,
+        input=newest.self_link,
+        opts=pulumi.ResourceOptions(parent=parent, replacement_trigger=replaces_vm),
+    )
+    return pinned.output

@@ -30,7 +30,9 @@ from components import catalogue, host_paths
 from components.config import ModelConfig
 from components.render import (
     Fragment,
+    Value,
     nginx_comment,
+    nginx_exact_regex,
     nginx_lines,
     render,
     systemd_command_line,
@@ -364,6 +366,53 @@ def serving_script(served_model_name: str, offline_marker: str | None, timeout_s
 
 
 # ------------------------------------------------------------------------------------------------
+# A fleet replica's boot
+
+# The instance metadata attributes a fleet replica's boot reads (scripts/fleet_boot.sh), to the
+# files of this module they hold.
+FLEET_ATTRIBUTES = (
+    "vllm-gcp-host-setup",  # startup_script
+    "vllm-gcp-step-secrets",  # secrets_script
+    "vllm-gcp-unit",  # vllm_unit
+    "vllm-gcp-step-run",  # run_script
+    "vllm-gcp-step-proxy",  # proxy_script
+    "vllm-gcp-step-serving",  # serving_script
+)
+
+
+@dataclass(frozen=True)
+class FleetBootLimits:
+    """Each boot stage's limit in seconds: the single VM's step limits."""
+
+    host_setup: int
+    secrets: int
+    run: int
+    proxy: int
+    serving: int
+
+
+def fleet_boot_script(
+    env_secret_version: str, proxy_secret_version: str, limits: FleetBootLimits
+) -> str:
+    """scripts/fleet_boot.sh: the replica's boot, reading the files above from its metadata and
+    the two secret versions (projects/P/secrets/S/versions/N) from Secret Manager."""
+    return render(
+        "fleet_boot.sh",
+        {
+            "READY_MARKER": host_paths.READY_MARKER,
+            "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
+            "ENV_SECRET_VERSION": env_secret_version,
+            "PROXY_SECRET_VERSION": proxy_secret_version,
+            "HOST_SETUP_SECONDS": str(limits.host_setup),
+            "SECRETS_SECONDS": str(limits.secrets),
+            "RUN_SECONDS": str(limits.run),
+            "PROXY_SECONDS": str(limits.proxy),
+            "SERVING_SECONDS": str(limits.serving),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # The Nginx site
 
 # Where the proxy's files go on the host (Debian/Ubuntu Nginx layout).
@@ -372,6 +421,11 @@ SITE_ENABLED_PATH = "/etc/nginx/sites-enabled/vllm-gcp.conf"
 DEFAULT_SITE_ENABLED_PATH = "/etc/nginx/sites-enabled/default"  # also claims port 80
 ACME_BOOTSTRAP_SITE_PATH = "/etc/nginx/sites-enabled/vllm-gcp-acme.conf"
 ACCESS_LOG = "/var/log/nginx/vllm-gcp-access.log"
+# The distribution's error log: the site's servers write to it at a level of their own.
+ERROR_LOG = "/var/log/nginx/error.log"
+# The distribution's main configuration: the proxy step sizes its workers (the site, inside
+# `http {}`, cannot).
+NGINX_CONF_PATH = "/etc/nginx/nginx.conf"
 ACME_WEBROOT = "/var/www/vllm-gcp-acme"
 CERTIFICATE_PATH = f"{host_paths.TLS_DIR}/server.crt"
 CERTIFICATE_KEY_PATH = f"{host_paths.TLS_DIR}/server.key"
@@ -384,13 +438,38 @@ PROXY_TIMEOUT = "900s"
 CLIENT_MAX_BODY_SIZE = "32m"  # >= 16 MB prompts
 FAILED_AUTH_RATE = "30r/m"  # sustained wrong-token attempts per client address
 FAILED_AUTH_BURST = 10  # wrong-token attempts answered 401 before 429 starts
+# Slow clients (README: "What the proxy guarantees"). Nginx's default for both is 60 s; a client
+# on any working network sends a request header in well under a second.
+CLIENT_HEADER_TIMEOUT = "10s"  # the whole header, from the connection's start (TLS included)
+CLIENT_BODY_TIMEOUT = "10s"  # between two reads of a body
+# Requests in progress per client address: above what vLLM runs at once by default
+# (max_num_seqs), so one address never waits on the proxy rather than on vLLM.
+CONNECTIONS_PER_ADDRESS = 256
+# Each worker's connections (Ubuntu's nginx.conf: 768), and its open-file limit: one file per
+# connection (a client's or one to vLLM) and as many again. Idle keep-alive connections are
+# reclaimed when slots run out; stalled headers are not, until client_header_timeout.
+WORKER_CONNECTIONS = 8192
+WORKER_RLIMIT_NOFILE = 2 * WORKER_CONNECTIONS
 
-MAX_API_KEY_LENGTH = 200  # what the site's map_hash_bucket_size holds
+MAX_API_KEY_LENGTH = 200  # the longest token the site takes (the stack makes 48 characters)
 # RFC 6750 b64token: a bearer token is nothing else.
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 _SERVER_NAME = re.compile(r"[A-Za-z0-9.-]+")
 _LISTEN = re.compile(r"([0-9.]+:)?[0-9]{1,5}")
 _SIZE = re.compile(r"[0-9]+[km]?")
+_SECONDS = re.compile(r"[1-9][0-9]*s")
+
+
+@dataclass(frozen=True)
+class LoadBalancerSite:
+    """What a fleet replica's site adds behind the load balancer (components/fleet.py)."""
+
+    # Connections from these carry the client's address in X-Forwarded-For: the proxy-only
+    # subnet, and the forwarding rule's address, which may be the header's last entry.
+    trusted_proxies: Sequence[str]
+    # The only sources a replica takes connections from, and the health route answers: the
+    # proxy-only subnet and Google's health checkers.
+    health_check_sources: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -410,11 +489,16 @@ class SiteSettings:
     http_listen: str = "80"
     upstream: str = f"127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}"
     access_log: str = ACCESS_LOG
+    error_log: str = ERROR_LOG
     acme_webroot: str = ACME_WEBROOT
     proxy_timeout: str = PROXY_TIMEOUT
     client_max_body_size: str = CLIENT_MAX_BODY_SIZE
     failed_auth_rate: str = FAILED_AUTH_RATE
     failed_auth_burst: int = FAILED_AUTH_BURST
+    client_header_timeout: str = CLIENT_HEADER_TIMEOUT
+    client_body_timeout: str = CLIENT_BODY_TIMEOUT
+    connections_per_address: int = CONNECTIONS_PER_ADDRESS
+    load_balancer: LoadBalancerSite | None = None  # a fleet replica's; None on the single VM
 
 
 def access_rules(api_cidrs: Sequence[str]) -> Fragment:
@@ -439,19 +523,39 @@ def nginx_site(settings: SiteSettings) -> str:
             raise ValueError(f"{listen!r} is not a port or address:port")
     if not _SIZE.fullmatch(settings.client_max_body_size):
         raise ValueError(f"{settings.client_max_body_size!r} is not an Nginx size")
+    for timeout in (settings.client_header_timeout, settings.client_body_timeout):
+        if not _SECONDS.fullmatch(timeout):
+            raise ValueError(f"{timeout!r} is not a whole number of seconds such as 10s")
+    if settings.connections_per_address < 1:
+        raise ValueError("connections_per_address must be at least 1")
     paths = (
         settings.certificate_path,
         settings.certificate_key_path,
         settings.access_log,
+        settings.error_log,
         settings.acme_webroot,
     )
     for path in paths:
         if not path.startswith("/"):
             raise ValueError(f"{path!r} is not an absolute path")
+    behind = settings.load_balancer
+    fleet_values: dict[str, Value] = {}
+    if behind is not None:
+        trusted = [str(ipaddress.ip_network(source)) for source in behind.trusted_proxies]
+        sources = [str(ipaddress.ip_network(source)) for source in behind.health_check_sources]
+        fleet_values = {
+            "HEALTH_PATH": host_paths.HEALTH_PATH,
+            "REAL_IP_FROM": nginx_lines([("set_real_ip_from", cidr) for cidr in trusted]),
+            "LOAD_BALANCER_SOURCES": nginx_lines([(cidr, "1") for cidr in sources]),
+            "HEALTH_CHECK_ACCESS": nginx_lines(
+                [*(("allow", cidr) for cidr in sources), ("deny", "all")], indent=" " * 8
+            ),
+        }
     return render(
         "nginx-site.conf",
         {
-            "BEARER_CREDENTIALS": f"Bearer {settings.api_key}",
+            **fleet_values,
+            "BEARER_CREDENTIALS": nginx_exact_regex(f"Bearer {settings.api_key}"),
             "SERVER_NAME": settings.server_name,
             "CERTIFICATE": settings.certificate_path,
             "CERTIFICATE_KEY": settings.certificate_key_path,
@@ -460,12 +564,17 @@ def nginx_site(settings: SiteSettings) -> str:
             "HTTP_LISTEN": settings.http_listen,
             "UPSTREAM": settings.upstream,
             "ACCESS_LOG": settings.access_log,
+            "ERROR_LOG": settings.error_log,
             "ACME_WEBROOT": settings.acme_webroot,
             "PROXY_TIMEOUT": settings.proxy_timeout,
             "CLIENT_MAX_BODY_SIZE": settings.client_max_body_size,
             "FAILED_AUTH_RATE": f"rate={settings.failed_auth_rate}",
             "FAILED_AUTH_BURST": f"burst={settings.failed_auth_burst}",
+            "CLIENT_HEADER_TIMEOUT": settings.client_header_timeout,
+            "CLIENT_BODY_TIMEOUT": settings.client_body_timeout,
+            "CONNECTIONS_PER_ADDRESS": str(settings.connections_per_address),
         },
+        sections={"load_balancer": behind is not None},
     )
 
 
@@ -482,6 +591,7 @@ class ProxyPaths:
     certificate: str = CERTIFICATE_PATH
     certificate_key: str = CERTIFICATE_KEY_PATH
     acme_webroot: str = ACME_WEBROOT
+    nginx_conf: str = NGINX_CONF_PATH
 
 
 HOST_PROXY_PATHS = ProxyPaths()
@@ -499,6 +609,9 @@ def proxy_script(paths: ProxyPaths = HOST_PROXY_PATHS) -> str:
             "CERTIFICATE_PATH": paths.certificate,
             "CERTIFICATE_KEY_PATH": paths.certificate_key,
             "ACME_WEBROOT": paths.acme_webroot,
+            "NGINX_CONF": paths.nginx_conf,
+            "WORKER_CONNECTIONS": str(WORKER_CONNECTIONS),
+            "WORKER_RLIMIT_NOFILE": str(WORKER_RLIMIT_NOFILE),
         },
     )
 

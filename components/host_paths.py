@@ -21,3 +21,6 @@ VLLM_LOOPBACK_PORT = 8000
 # scripts/registry_login.sh, which the startup script installs where images come through
 # Artifact Registry; the run step and the unit's pull of a missing image call it.
 REGISTRY_LOGIN_PATH = "/usr/local/libexec/vllm-gcp/registry-login"
+# A fleet replica's health route: Nginx answers it with vLLM's own /health, to Google's health
+# checkers only (components/host_bundle.py, LoadBalancerSite).
+HEALTH_PATH = "/vllm-gcp-health"

@@ -6,9 +6,10 @@ can run the connector once through Kibana (`_execute` with the `test` sub-action
 that cannot reach or trust the endpoint fails `pulumi up` with Kibana's own message and a hint.
 
 The provider is pickled into the stack state by reference to this module (`dill` stores the module
-path and class name, not the code), so this module imports only the standard library, httpx and
-pulumi, and `components.kibana_connector.KibanaConnectorProvider` must keep that path and name:
-every existing stack's state names it.
+path and class name, not the code), so this module imports only the standard library, pulumi and
+components.elastic_api (the HTTP client, error classification, redaction and retries it shares
+with the inference endpoint's provider), and `components.kibana_connector.KibanaConnectorProvider`
+must keep that path and name: every existing stack's state names it.
 
 The Kibana API key is a credential of the deployer, not a property of the connector: it is not an
 input, output or state of the resource. The provider reads it from the stack configuration in
@@ -28,16 +29,23 @@ keeps the state; create, update and delete still fail with the cause.
 from __future__ import annotations
 
 import json
-import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-import httpx
 import pulumi
 import pulumi.dynamic
 from pulumi.runtime import rpc
+
+from components.elastic_api import REQUEST_TIMEOUT_SECONDS as REQUEST_TIMEOUT
+from components.elastic_api import (
+    ApiClient,
+    ElasticApiError,
+    Product,
+    classify,
+    is_transient,
+    with_retries,
+)
 
 # Config keys the stack manages; a key set to False equals a key left out (Kibana's default), so
 # a connector created without `enableNativeFunctionCalling` does not drift from one with False.
@@ -57,7 +65,7 @@ LEGACY_KIBANA_KEY_PROPERTY = "kibana_api_key"
 KIBANA_API_KEY_CONFIG = "vllm-gcp:kibanaApiKey"
 MIN_CLI_FOR_CONFIG = "3.139.0"
 
-REQUEST_TIMEOUT_SECONDS = 30.0
+REQUEST_TIMEOUT_SECONDS = REQUEST_TIMEOUT
 # Kibana's OpenAI connector waits up to 120 s for the model (DEFAULT_TIMEOUT_MS in Kibana's
 # stack_connectors/common/openai/constants.ts) or xpack.actions.responseTimeout, if longer.
 VERIFY_TIMEOUT_SECONDS = 330.0
@@ -70,35 +78,15 @@ PRIVILEGE = (
     '"Actions and Connectors: All" (Kibana feature privilege; in an API key\'s role descriptor: '
     'application "kibana-.kibana", privilege "feature_actions.all")'
 )
-_TLS_SIGNS = ("CERT", "SSL", "TLS", "SELF_SIGNED", "UNABLE_TO_VERIFY", "HOSTNAME", "ALTNAME")
-_NETWORK_SIGNS = (
-    "ECONNREFUSED",
-    "ECONNRESET",
-    "ETIMEDOUT",
-    "ECONNABORTED",
-    "ENOTFOUND",
-    "EAI_AGAIN",
-    "EHOSTUNREACH",
-    "ENETUNREACH",
-    "SOCKET HANG UP",
-    "TIMEOUT",
-    "STATUS CODE: 502",
-    "STATUS CODE: 503",
-    "STATUS CODE: 504",
-)
-_AUTH_SIGNS = ("STATUS CODE: 401", "UNAUTHORIZED", "STATUS CODE: 403")
-# Quick failures worth another try (vLLM restarting behind Nginx); a timeout is not retried.
-_RETRY_SIGNS = (
-    "ECONNREFUSED",
-    "ECONNRESET",
-    "SOCKET HANG UP",
-    "STATUS CODE: 502",
-    "STATUS CODE: 503",
-    "STATUS CODE: 504",
+KIBANA = Product(
+    name="Kibana",
+    url_key="elastic.kibanaUrl",
+    key_config=KIBANA_API_KEY_CONFIG,
+    privilege=PRIVILEGE,
 )
 
 
-class KibanaApiError(Exception):
+class KibanaApiError(ElasticApiError):
     """A failed Kibana call; the message names the cause and holds no credential."""
 
 
@@ -111,8 +99,13 @@ class MissingKibanaApiKey(KibanaApiError):
 
 
 @dataclass(frozen=True)
-class KibanaClient:
-    """The Connectors API of one Kibana space, authenticated with an API key."""
+class KibanaClient(ApiClient):
+    """The Connectors API of one Kibana space, authenticated with an API key. The HTTP, the error
+    classification and the redaction are components.elastic_api's, shared with Elasticsearch."""
+
+    product: ClassVar[Product] = KIBANA
+    error: ClassVar[type[ElasticApiError]] = KibanaApiError
+    headers: ClassVar[Mapping[str, str]] = {"kbn-xsrf": "true", "Accept": "application/json"}
 
     base_url: str
     space: str
@@ -127,32 +120,33 @@ class KibanaClient:
 
     def get(self, connector_id: str) -> dict[str, Any] | None:
         """The connector, or None when Kibana has no connector with this id."""
-        response = self._send("GET", self.connector_path(connector_id), "reading the connector")
+        action = "reading the connector"
+        response = self.send("GET", self.connector_path(connector_id), action)
         if response.status_code == 404:  # noqa: PLR2004 (HTTP status)
             return None
-        return self._json(self._checked(response, "reading the connector"))
+        return self.json_of(self.checked(response, action))
 
     def create(self, connector_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         action = "creating the connector"
-        response = self._send("POST", self.connector_path(connector_id), action, body)
+        response = self.send("POST", self.connector_path(connector_id), action, body)
         if response.status_code == 409:  # noqa: PLR2004 (HTTP status)
             raise _Conflict(f"connector id {connector_id} already exists in space {self.space!r}")
-        return self._json(self._checked(response, action))
+        return self.json_of(self.checked(response, action))
 
     def update(self, connector_id: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """The updated connector, or None when Kibana has no connector with this id."""
         action = "updating the connector"
-        response = self._send("PUT", self.connector_path(connector_id), action, body)
+        response = self.send("PUT", self.connector_path(connector_id), action, body)
         if response.status_code == 404:  # noqa: PLR2004 (HTTP status)
             return None
-        return self._json(self._checked(response, action))
+        return self.json_of(self.checked(response, action))
 
     def delete(self, connector_id: str) -> None:
         """Delete the connector; one already gone counts as deleted."""
         action = "deleting the connector"
-        response = self._send("DELETE", self.connector_path(connector_id), action)
+        response = self.send("DELETE", self.connector_path(connector_id), action)
         if response.status_code != 404:  # noqa: PLR2004 (HTTP status)
-            self._checked(response, action)
+            self.checked(response, action)
 
     def execute(
         self, connector_id: str, params: Mapping[str, Any], timeout: float
@@ -160,119 +154,14 @@ class KibanaClient:
         """Kibana's run result: {"status": "ok", ...} or {"status": "error", "message", ...}."""
         action = "running the connector"
         path = f"{self.connector_path(connector_id)}/_execute"
-        response = self._send("POST", path, action, {"params": dict(params)}, timeout)
-        return self._json(self._checked(response, action))
+        response = self.send("POST", path, action, {"params": dict(params)}, timeout)
+        return self.json_of(self.checked(response, action))
 
-    # --------------------------------------------------------------------------------------------
+    def privilege_scope(self) -> str:
+        return f" in space {self.space!r}"
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        action: str,
-        body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        wait = self.timeout if timeout is None else timeout
-        headers = {
-            "Authorization": f"ApiKey {self.api_key}",
-            "kbn-xsrf": "true",
-            "Accept": "application/json",
-        }
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        content = None if body is None else json.dumps(body).encode()
-        url = self.base_url + path
-        try:
-            with httpx.Client(timeout=wait) as client:
-                return client.request(method, url, headers=headers, content=content)
-        except httpx.TimeoutException:
-            raise KibanaApiError(
-                f"Kibana at {self.base_url} did not answer within {wait:g} s while {action}; "
-                "check elastic.kibanaUrl and that Kibana is up and reachable from here"
-            ) from None
-        except httpx.ConnectError as error:
-            if _is_tls_failure(error):
-                raise KibanaApiError(
-                    f"TLS with Kibana at {self.base_url} failed while {action}: "
-                    f"{self.redacted(str(error))}. This machine does not trust Kibana's "
-                    "certificate; point SSL_CERT_FILE at a bundle holding its CA"
-                ) from None
-            raise KibanaApiError(
-                f"Cannot connect to Kibana at {self.base_url} while {action}: "
-                f"{self.redacted(str(error))}; check elastic.kibanaUrl"
-            ) from None
-        except httpx.HTTPError as error:
-            raise KibanaApiError(
-                f"Request to Kibana at {self.base_url} failed while {action}: "
-                f"{type(error).__name__}: {self.redacted(str(error))}"
-            ) from None
-
-    def _checked(self, response: httpx.Response, action: str) -> httpx.Response:
-        status = response.status_code
-        if status < 400:  # noqa: PLR2004 (HTTP status)
-            return response
-        message = self._kibana_message(response)
-        if status == 401:  # noqa: PLR2004 (HTTP status)
-            raise KibanaApiError(
-                f"Kibana refused the API key (401) while {action}: {message}. Set "
-                "vllm-gcp:kibanaApiKey to an active API key (its `encoded` value) of the "
-                f"deployment at {self.base_url}. A refresh or destroy that runs no program uses "
-                "the key saved by the last `pulumi up`: after a rotation run `pulumi up` once, "
-                "or `pulumi destroy --run-program`"
-            )
-        if status == 403:  # noqa: PLR2004 (HTTP status)
-            raise KibanaApiError(
-                f"The Kibana API key lacks a privilege (403) while {action}: {message}. Give the "
-                f"key's role {PRIVILEGE} in space {self.space!r}"
-            )
-        if status == 400:  # noqa: PLR2004 (HTTP status)
-            raise KibanaApiError(f"Kibana rejected the request (400) while {action}: {message}")
-        if status == 404:  # noqa: PLR2004 (HTTP status)
-            raise KibanaApiError(
-                f"Kibana answered 404 while {action}: {message}. Check elastic.kibanaUrl and "
-                f"that space {self.space!r} exists"
-            )
-        raise KibanaApiError(f"Kibana answered {status} while {action}: {message}")
-
-    def _kibana_message(self, response: httpx.Response) -> str:
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if isinstance(payload, dict) and payload.get("message"):
-            text = str(payload["message"])
-        else:
-            text = response.text.strip()[:500] or response.reason_phrase
-        return self.redacted(text)
-
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code == 204 or not response.content:  # noqa: PLR2004 (HTTP status)
-            return {}
-        try:
-            payload = response.json()
-        except ValueError:
-            raise KibanaApiError(
-                f"Kibana at {self.base_url} answered {response.status_code} with something other "
-                "than JSON; is elastic.kibanaUrl the Kibana endpoint (not Elasticsearch)?"
-            ) from None
-        return payload if isinstance(payload, dict) else {"value": payload}
-
-    def redacted(self, text: str) -> str:
-        """The text with every credential this client knows replaced."""
-        for secret in (self.api_key, *self.redact):
-            if secret:
-                text = text.replace(secret, "[redacted]")
-        return text
-
-
-def _is_tls_failure(error: BaseException) -> bool:
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return any(sign in str(error).upper() for sign in ("SSL", "CERTIFICATE"))
+    def not_found_hint(self) -> str:
+        return f"Check elastic.kibanaUrl and that space {self.space!r} exists"
 
 
 def normalised_config(config: Any) -> Any:
@@ -288,20 +177,20 @@ def normalised_config(config: Any) -> Any:
 
 def verification_hint(kibana_message: str) -> str:
     """What to check when Kibana could not run the connector, from Kibana's own words."""
-    upper = kibana_message.upper()
-    if any(sign in upper for sign in _TLS_SIGNS):
+    cause = classify(kibana_message)
+    if cause == "tls":
         return (
             "Kibana does not trust the endpoint's certificate. In self-signed mode add the stack "
             "output `kibanaSettings` to kibana.yml (Elastic Cloud: the deployment's Kibana user "
             "settings) so xpack.actions.customHostSettings carries the CA, restart Kibana, then "
             "run `pulumi up` again."
         )
-    if any(sign in upper for sign in _AUTH_SIGNS):
+    if cause == "auth":
         return (
             "The endpoint refused the connector's API key: the key must be the stack output "
             "`apiKey` (Nginx checks `Authorization: Bearer <apiKey>`)."
         )
-    if any(sign in upper for sign in _NETWORK_SIGNS):
+    if cause == "network":
         return (
             "Kibana cannot reach the endpoint in time. Admit Kibana's egress addresses in "
             "vllm-gcp:access.apiCidrs (Elastic Cloud deployments in GCP have no static egress "
@@ -313,12 +202,6 @@ def verification_hint(kibana_message: str) -> str:
         "that vllm-gcp:access.apiCidrs admits Kibana, and that the connector's API key is the "
         "stack output `apiKey`."
     )
-
-
-def _is_transient(kibana_message: str) -> bool:
-    upper = kibana_message.upper()
-    transient = any(sign in upper for sign in _RETRY_SIGNS)
-    return transient and not any(sign in upper for sign in _TLS_SIGNS + _AUTH_SIGNS)
 
 
 def _plain(value: Any) -> Any:
@@ -525,17 +408,19 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
             "max_tokens": VERIFY_MAX_TOKENS,
         }
         params = {"subAction": "test", "subActionParams": {"body": json.dumps(request)}}
-        failure = ""
-        for attempt in range(1, self.verify_attempts + 1):
+
+        def attempt() -> tuple[bool, str]:
             result = client.execute(props["connector_id"], params, self.verify_timeout)
             if result.get("status") == "ok":
-                return
+                return True, ""
             parts = [str(result.get(k)) for k in ("message", "service_message") if result.get(k)]
-            failure = client.redacted(": ".join(parts) or json.dumps(result)[:500])
-            if attempt < self.verify_attempts and _is_transient(failure):
-                time.sleep(self.verify_retry_delay)
-                continue
-            break
+            return False, client.redacted(": ".join(parts) or json.dumps(result)[:500])
+
+        succeeded, failure = with_retries(
+            attempt, self.verify_attempts, self.verify_retry_delay, is_transient
+        )
+        if succeeded:
+            return
         raise KibanaApiError(
             f"Kibana could not run connector {props['name']!r} against {config.get('apiUrl')}: "
             f"{failure}\nHint: {verification_hint(failure)}\n"

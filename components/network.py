@@ -4,6 +4,12 @@ Public exposure: a static external IP; HTTPS from `access.apiCidrs`, SSH from `a
 port 80 only for Let's Encrypt's HTTP-01 challenge. Private exposure: no external IP, and egress
 denied except to Google's private API range, which a private Cloud DNS zone sends
 `*.googleapis.com` and `*.pkg.dev` to (Private Google Access). vLLM's port is never opened.
+
+A fleet (`vllm-gcp:fleet`) has the same VPC and subnet, and instead of the single VM's addresses
+the load balancer's (external, or internal in private exposure), the proxy-only subnet the
+regional load balancer needs, HTTPS to the replicas from that subnet and Google's health checkers
+only (clients reach the load balancer, never a replica), and in public exposure a Cloud NAT: the
+replicas have no external IP but pull images and weights from the internet.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from components.config import AccessConfig, NetworkConfig
+from components.config import AccessConfig, FleetConfig, NetworkConfig
 
 # private.googleapis.com: the Private Google Access range for most Google APIs, Artifact
 # Registry included ("Configure Private Google Access", vpc/docs/configure-private-google-access,
@@ -33,6 +39,9 @@ ALL_IPV4 = "0.0.0.0/0"
 ALLOW_PRIORITY = 1000
 EGRESS_DENY_PRIORITY = 65000
 DNS_TTL_SECONDS = 300
+# Where Google's health checks (and a load balancer's to its backends) come from: "Health checks
+# overview", firewall rules (load-balancing/docs/health-check-concepts#ip-ranges).
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class NetworkArgs:
     access: AccessConfig
     tls_mode: str  # "letsencrypt" opens port 80 (ACME HTTP-01); no other mode does
     region: str
+    fleet: FleetConfig | None = None  # a fleet's load balancer instead of the single VM
 
 
 def host_tag_for(name: str, stack: str) -> str:
@@ -52,9 +62,12 @@ def host_tag_for(name: str, stack: str) -> str:
 class Network(pulumi.ComponentResource):
     """VPC, subnet, static addresses and firewall rules for the GPU host."""
 
+    vpc: pulumi.Output[str]
     subnetwork: pulumi.Output[str]
-    internal_address: pulumi.Output[str]
-    external_address: pulumi.Output[str] | None
+    internal_address: pulumi.Output[str] | None  # the VM's, or a private fleet's load balancer
+    external_address: pulumi.Output[str] | None  # the VM's, or a public fleet's load balancer
+    endpoint_address: pulumi.Output[str]  # where clients connect: external, else internal
+    proxy_subnet: pulumi.Resource | None  # a fleet's proxy-only subnet, where the stack made it
     host_tag: str
 
     def __init__(
@@ -76,6 +89,7 @@ class Network(pulumi.ComponentResource):
             network_ref: pulumi.Input[str] = own_vpc.self_link
         else:
             network_ref = net.vpc
+        self.vpc = pulumi.Output.from_input(network_ref)
 
         if net.subnet is None:
             subnet = gcp.compute.Subnetwork(
@@ -93,6 +107,45 @@ class Network(pulumi.ComponentResource):
             # A name or a path the provider completes with the provider's project and the region.
             self.subnetwork = pulumi.Output.from_input(net.subnet)
 
+        self.proxy_subnet = None
+        if args.fleet is None:
+            self._host_addresses(name, args, child)
+        else:
+            self._load_balancer_addresses(name, args, network_ref, own_vpc is not None, child)
+        endpoint = self.external_address or self.internal_address
+        if endpoint is None:
+            raise ValueError("the network made no address for the endpoint")
+        self.endpoint_address = endpoint
+
+        if net.private:
+            self._private_egress(name, network_ref, child)
+            if own_vpc is not None:
+                self._private_google_dns(name, own_vpc, child)
+            else:
+                pulumi.log.warn(
+                    f"vllm-gcp:network.vpc {net.vpc} is not the stack's own: the stack does not "
+                    "add DNS zones to it. The host needs Private Google Access on its subnet and "
+                    f"*.googleapis.com and *.pkg.dev resolving to {PRIVATE_GOOGLE_ACCESS_RANGE} "
+                    "(private.googleapis.com), or it cannot reach Artifact Registry or "
+                    "Cloud Storage",
+                    resource=self,
+                )
+
+        self.register_outputs(
+            {
+                "vpc": self.vpc,
+                "subnetwork": self.subnetwork,
+                "internalAddress": self.internal_address,
+                "externalAddress": self.external_address,
+                "endpointAddress": self.endpoint_address,
+                "hostTag": self.host_tag,
+            }
+        )
+
+    def _host_addresses(self, name: str, args: NetworkArgs, child: pulumi.ResourceOptions) -> None:
+        """The single VM's static addresses and the firewall rules to it."""
+        net = args.network
+        network_ref = self.vpc
         internal = gcp.compute.Address(
             f"{name}-internal-ip",
             address_type="INTERNAL",
@@ -123,27 +176,84 @@ class Network(pulumi.ComponentResource):
             # internet; the site on 80 only answers challenges and redirects to HTTPS.
             self._ingress(name, "allow-acme-http", network_ref, ACME_HTTP_PORT, [ALL_IPV4], child)
 
+    def _load_balancer_addresses(
+        self,
+        name: str,
+        args: NetworkArgs,
+        network_ref: pulumi.Input[str],
+        own_vpc: bool,
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """A fleet's load balancer address, its proxy-only subnet, the replicas' firewall and
+        (public exposure) their way out through Cloud NAT."""
+        fleet, net = args.fleet, args.network
+        if fleet is None:
+            raise ValueError("a fleet's addresses need vllm-gcp:fleet")
+        if own_vpc:
+            # One active proxy-only subnet per region and VPC: in an existing VPC the stack uses
+            # the one it has, whose range fleet.proxySubnetCidr names (the README says so).
+            self.proxy_subnet = gcp.compute.Subnetwork(
+                f"{name}-proxy-only-subnet",
+                network=network_ref,
+                region=args.region,
+                ip_cidr_range=fleet.proxy_subnet_cidr,
+                purpose="REGIONAL_MANAGED_PROXY",
+                role="ACTIVE",
+                opts=child,
+            )
+        self.internal_address = self.external_address = None
         if net.private:
-            self._private_egress(name, network_ref, child)
-            if own_vpc is not None:
-                self._private_google_dns(name, own_vpc, child)
-            else:
-                pulumi.log.warn(
-                    f"vllm-gcp:network.vpc {net.vpc} is not the stack's own: the stack does not "
-                    "add DNS zones to it. The host needs Private Google Access on its subnet and "
-                    f"*.googleapis.com and *.pkg.dev resolving to {PRIVATE_GOOGLE_ACCESS_RANGE} "
-                    "(private.googleapis.com), or it cannot reach Artifact Registry or "
-                    "Cloud Storage",
-                    resource=self,
-                )
+            # GCE_ENDPOINT: one forwarding rule's address (SHARED_LOADBALANCER_VIP is for an
+            # address several internal forwarding rules share: Address.purpose, Compute API).
+            internal = gcp.compute.Address(
+                f"{name}-lb-internal-ip",
+                address_type="INTERNAL",
+                purpose="GCE_ENDPOINT",
+                subnetwork=self.subnetwork,
+                region=args.region,
+                description="vllm-gcp: the fleet's internal load balancer address",
+                opts=child,
+            )
+            self.internal_address = internal.address
+        else:
+            # A regional external Application Load Balancer's forwarding rule takes a Standard
+            # Tier address: it "uses only the Standard Network Tier" (load-balancing/pricing).
+            external = gcp.compute.Address(
+                f"{name}-lb-external-ip",
+                address_type="EXTERNAL",
+                network_tier="STANDARD",
+                region=args.region,
+                description="vllm-gcp: the fleet's load balancer address",
+                opts=child,
+            )
+            self.external_address = external.address
+            self._cloud_nat(name, args.region, network_ref, child)
+        # The load balancer's proxies (from the proxy-only subnet) and the health checkers reach
+        # the replicas' Nginx; clients reach only the load balancer, which Nginx filters again.
+        sources = [fleet.proxy_subnet_cidr, *HEALTH_CHECK_RANGES]
+        self._ingress(name, "allow-lb-https", network_ref, HTTPS_PORT, sources, child)
+        self._ingress(name, "allow-ssh", network_ref, SSH_PORT, args.access.ssh_cidrs, child)
 
-        self.register_outputs(
-            {
-                "subnetwork": self.subnetwork,
-                "internalAddress": self.internal_address,
-                "externalAddress": self.external_address,
-                "hostTag": self.host_tag,
-            }
+    def _cloud_nat(
+        self, name: str, region: str, network_ref: pulumi.Input[str], child: pulumi.ResourceOptions
+    ) -> None:
+        router = gcp.compute.Router(
+            f"{name}-router",
+            network=network_ref,
+            region=region,
+            description="vllm-gcp: Cloud NAT for the fleet's replicas",
+            opts=child,
+        )
+        gcp.compute.RouterNat(
+            f"{name}-nat",
+            router=router.name,
+            region=region,
+            nat_ip_allocate_option="AUTO_ONLY",
+            source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
+            # Image and weight downloads are long: keep established connections a while.
+            tcp_established_idle_timeout_sec=1200,
+            log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
+            opts=child,
         )
 
     def _ingress(  # noqa: PLR0913, PLR0917 (one per property of the rule)

@@ -20,6 +20,12 @@ caller cannot drift apart.
 Includes: a line `# vllm-gcp:include <file>` is replaced by that file of scripts/ (the shell
 library host_lib.sh) before the placeholders are filled, so each rendered script is complete in
 itself and the bytes a step runs are the bytes the plan shows.
+
+Sections: the lines between `# vllm-gcp:section <name>` and `# vllm-gcp:end <name>` are kept
+(without those two lines) or left out whole, as the caller says for each section name the
+template has (a name may mark several places), so a variant (the Nginx site behind a fleet's
+load balancer) lives in the one template and the other variant's bytes do not change.
+Placeholders in a section left out need no value.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ CONTEXTS: tuple[Context, ...] = ("shell", "systemd", "nginx", "raw")
 _PLACEHOLDER = re.compile(r"\{\{ ([a-z]+):([A-Z][A-Z0-9_]*) \}\}")
 _ANY_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 _INCLUDE = re.compile(r"^# vllm-gcp:include ([A-Za-z0-9_.-]+)$", re.MULTILINE)
+_SECTION = re.compile(
+    r"^# vllm-gcp:section ([a-z_]+)\n(.*?)^# vllm-gcp:end \1\n", re.MULTILINE | re.DOTALL
+)
+_SECTION_MARKER = re.compile(r"^# vllm-gcp:(section|end)\b.*$", re.MULTILINE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SYSTEMD_BARE = re.compile(r"[A-Za-z0-9_./:=,@+-]+")
 _NGINX_REFUSED = re.compile(r'[$"\\]')
@@ -136,6 +146,15 @@ def nginx_comment(text: str, indent: str = "    ") -> Fragment:
     return Fragment(f"{indent}# {_plain(text, 'nginx comment')}")
 
 
+def nginx_exact_regex(value: str) -> Fragment:
+    """One double-quoted Nginx regex token (a `map` key) that matches `value` and nothing else,
+    letter case included: `~` (PCRE, case-sensitive; a string key would match any case), the
+    value quoted literally (`\\Q...\\E`), `\\z` its very end (`$` also matches before a final
+    newline). Nginx keeps `\\Q`, `\\E` and `\\z` inside a quoted token as they are."""
+    nginx_string(value)  # refuses $, " and \ (so no \E ends the quoting early) and controls
+    return Fragment(f'"~^\\Q{value}\\E\\z"')
+
+
 # Templates ---------------------------------------------------------------------------------------
 
 
@@ -152,10 +171,33 @@ def read(name: str, directory: Path = SCRIPTS_DIR) -> str:
     return _INCLUDE.sub(lambda match: _included(match.group(1)), text)
 
 
-def render(name: str, values: Mapping[str, Value], directory: Path = SCRIPTS_DIR) -> str:
-    """<directory>/<name> (scripts/ by default) with its includes in place and every placeholder
-    replaced by its value, quoted for the placeholder's context."""
-    text = read(name, directory)
+def _select_sections(name: str, text: str, sections: Mapping[str, bool]) -> str:
+    found: list[str] = []
+
+    def keep_or_drop(match: re.Match[str]) -> str:
+        found.append(match.group(1))
+        return match.group(2) if sections.get(match.group(1), False) else ""
+
+    selected = _SECTION.sub(keep_or_drop, text)
+    stray = _SECTION_MARKER.findall(selected)
+    if stray or set(found) != set(sections):
+        raise TemplateError(
+            f"{name}: sections {sorted(set(found))} (between matching markers, none nested), "
+            f"asked for {sorted(sections)}"
+        )
+    return selected
+
+
+def render(
+    name: str,
+    values: Mapping[str, Value],
+    directory: Path = SCRIPTS_DIR,
+    sections: Mapping[str, bool] | None = None,
+) -> str:
+    """<directory>/<name> (scripts/ by default) with its includes in place, its sections kept or
+    left out as `sections` says, and every placeholder replaced by its value, quoted for the
+    placeholder's context."""
+    text = _select_sections(name, read(name, directory), sections or {})
     found = _PLACEHOLDER.findall(text)
     malformed = [p for p in _ANY_PLACEHOLDER.findall(text) if not _PLACEHOLDER.fullmatch(p)]
     unknown = sorted({context for context, _ in found} - set(CONTEXTS))

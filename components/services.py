@@ -21,6 +21,8 @@ BASE_APIS = (
 DNS_API = "dns.googleapis.com"  # private exposure: the Private Google Access zones
 ARTIFACT_REGISTRY_API = "artifactregistry.googleapis.com"  # a mirror's remote repositories
 STORAGE_API = "storage.googleapis.com"  # model.source gcs: the weights bucket's grant
+# A fleet's replicas read their secrets there.
+SECRET_MANAGER_API = "secretmanager.googleapis.com"  # noqa: S105 (an API's name)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ProjectServicesArgs:
     private: bool  # network.exposure is private
     mirrors: bool  # mirror.dockerRemote or mirror.aptRemote
     gcs_weights: bool = False  # model.source is gcs
+    fleet: bool = False  # vllm-gcp:fleet is set
 
 
 def required_apis(args: ProjectServicesArgs) -> list[str]:
@@ -40,6 +43,8 @@ def required_apis(args: ProjectServicesArgs) -> list[str]:
         apis.append(ARTIFACT_REGISTRY_API)
     if args.gcs_weights:
         apis.append(STORAGE_API)
+    if args.fleet:
+        apis.append(SECRET_MANAGER_API)
     return apis
 
 

@@ -16,14 +16,13 @@ import hashlib
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_random as random
 from pulumi_command import remote
 
 from components.config import ModelConfig
+from components.credentials import secrets_env_output
 from components.host_bundle import (
     container_spec,
     run_script,
-    secrets_env,
     secrets_script,
     serving_script,
     vllm_unit,
@@ -51,6 +50,7 @@ class VllmServerArgs:
     connection: remote.ConnectionArgs
     instance_id: pulumi.Input[str]
     host_ready: pulumi.Resource  # GpuHost.ready: the startup script has prepared this boot
+    api_key: pulumi.Output[str]  # secret: components/credentials.py
     hugging_face_token: pulumi.Output[str] | None  # secret
     # The image reference to pull (an Artifact Registry mirror of model.image); model.image if None.
     image: pulumi.Input[str] | None = None
@@ -59,7 +59,6 @@ class VllmServerArgs:
 
 
 class VllmServer(pulumi.ComponentResource):
-    api_key: pulumi.Output[str]
     secrets: remote.Command
     run: remote.Command
     serving: remote.Command
@@ -68,20 +67,8 @@ class VllmServer(pulumi.ComponentResource):
         self, name: str, args: VllmServerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("vllm-gcp:vllm_server:VllmServer", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         model = args.model
-
-        # Letters and digits only: the key travels in an env file and an HTTP header unquoted.
-        password = random.RandomPassword(f"{name}-api-key", length=48, special=False, opts=child)
-        self.api_key = pulumi.Output.secret(password.result)
-
-        token = args.hugging_face_token
-        env_content: pulumi.Output[str] = (
-            pulumi.Output.all(self.api_key, token).apply(lambda v: secrets_env(v[0], v[1]))
-            if token is not None
-            else self.api_key.apply(lambda key: secrets_env(key, None))
-        )
-        env_content = pulumi.Output.secret(env_content)
+        env_content = secrets_env_output(args.api_key, args.hugging_face_token)
         env_digest = pulumi.Output.secret(env_content.apply(_sha256))
 
         self.secrets = host_step(
@@ -132,4 +119,4 @@ class VllmServer(pulumi.ComponentResource):
             depends_on=[self.run],
         )
 
-        self.register_outputs({"apiKey": self.api_key, "serving": self.serving.stdout})
+        self.register_outputs({"serving": self.serving.stdout})

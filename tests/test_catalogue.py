@@ -58,7 +58,7 @@ def test_the_hermes_family_does_not_take_qwen3_coder_whatever_the_order() -> Non
 
 def test_every_family_parser_is_one_vllm_registers() -> None:
     parsers = {f.tool_call_parser for f in catalogue.MODEL_FAMILIES} - {None}
-    assert parsers == {"mistral", "llama3_json", "qwen3_xml", "hermes"}
+    assert parsers == {"mistral", "llama3_json", "qwen3_xml", "hermes", "openai", "gemma4"}
     assert parsers <= catalogue.TOOL_CALL_PARSERS
     # Both names are registered, for the same parser class.
     assert {"qwen3_coder", "qwen3_xml"} <= catalogue.TOOL_CALL_PARSERS

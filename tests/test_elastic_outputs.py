@@ -23,6 +23,8 @@ from tests.harness import (
     build_components,
     is_secret_value,
     plain_strings,
+    run_program,
+    stack_config,
 )
 
 MODEL = "mistralai/Mistral-Small-3.2-24B-Instruct-2506"
@@ -37,6 +39,7 @@ def build(
     ca_certificate: str | None = CA_PEM,
     elastic: ElasticConfig | None = None,
     tool_calling: bool = True,
+    with_inference_id: bool = False,
 ) -> Plan:
     def declare() -> dict[str, object]:
         ready = pulumi_random.RandomId("ready", byte_length=4)
@@ -63,6 +66,8 @@ def build(
         }
         if component.connector_id is not None:
             outputs["connectorId"] = component.connector_id
+        if with_inference_id:
+            outputs["inferenceId"] = component.inference_id
         return outputs
 
     return build_components(declare, stack="test", organization="test-org")
@@ -185,3 +190,87 @@ def test_kibana_settings_indent_every_line_of_a_chain() -> None:
     parsed = yaml.safe_load(text)
     data = parsed["xpack.actions.customHostSettings"][0]["ssl"]["certificateAuthoritiesData"]
     assert data == chain
+
+
+# ------------------------------------------------------------------------------------------------
+# The inference endpoint (elastic.elasticsearchUrl), alone or beside the connector
+
+
+def elasticsearch(**overrides: Any) -> ElasticConfig:
+    return ElasticConfig.model_validate(
+        {"elasticsearchUrl": "https://my.es.example.com/", **overrides}
+    )
+
+
+def test_inference_endpoint_resource_when_elasticsearch_is_configured() -> None:
+    built = build(elastic=elasticsearch(), with_inference_id=True)
+    [endpoint] = built.of_type(DYNAMIC)
+    assert endpoint.name == "vllm-inference-endpoint"
+    assert is_secret_value(endpoint.inputs["api_key"])
+    plain = endpoint.plain
+    assert set(plain) == {
+        "elasticsearch_url",
+        "inference_id",
+        "task_type",
+        "service",
+        "model_id",
+        "url",
+        "api_key",
+        "verify",
+        "__provider",
+    }
+    assert plain["elasticsearch_url"] == "https://my.es.example.com"
+    assert plain["inference_id"] == "vllm-test"
+    assert (plain["task_type"], plain["service"]) == ("chat_completion", "openai")
+    assert plain["model_id"] == MODEL
+    assert plain["url"] == built.outputs["connectorUrl"]
+    assert plain["api_key"] == MOCK_API_KEY
+    assert "api_key" in endpoint.options.additional_secret_outputs
+    assert built.outputs["inferenceId"] == "vllm-test"
+    assert "inferenceId" not in built.secret_outputs
+    assert_no_plain_secret(built)
+    # The self-signed CA: what each Elasticsearch node needs, as comments in kibanaSettings.
+    text = built.outputs["kibanaSettings"]
+    assert "# Inference endpoint vllm-test: Elasticsearch calls the model itself" in text
+    assert "-importcert -cacerts" in text
+    assert yaml.safe_load(text)["xpack.actions.responseTimeout"] == "300s"
+
+
+def test_both_paths_give_a_connector_and_an_endpoint_and_an_id_may_be_chosen() -> None:
+    config = ElasticConfig.model_validate(
+        {
+            "kibanaUrl": "https://kb.example.com",
+            "elasticsearchUrl": "https://es.example.com",
+            "inferenceId": "security-llm",
+        }
+    )
+    built = build(elastic=config, with_inference_id=True)
+    names = sorted(r.name for r in built.of_type(DYNAMIC))
+    assert names == ["vllm-inference-endpoint", "vllm-kibana-connector"]
+    assert built.outputs["inferenceId"] == "security-llm"
+
+
+def test_without_elasticsearch_there_is_no_endpoint_nor_trust_comment() -> None:
+    built = build(elastic=kibana(), with_inference_id=True)
+    assert [r.name for r in built.of_type(DYNAMIC)] == ["vllm-kibana-connector"]
+    assert built.outputs["inferenceId"] is None
+    assert "Inference endpoint" not in built.outputs["kibanaSettings"]
+
+
+def test_a_public_certificate_needs_no_trust_store_lines() -> None:
+    text = kibana_settings("llm.example.com", None, "vllm-prod")
+    assert "keytool" not in text
+
+
+def test_the_program_exports_the_inference_id() -> None:
+    config = stack_config(
+        "dev",
+        {"vllm-gcp:elastic": {"elasticsearchUrl": "https://es.example.com"}},
+        {"vllm-gcp:tls": {"mode": "letsencrypt", "domain": "llm.example.com", "email": "a@b.io"}},
+    )
+    plan = run_program(config, stack="dev", secrets={"elasticsearchApiKey": "mock-es-key-c2VjcmV0"})
+    assert plan.outputs["inferenceId"] == "vllm-dev"
+    [endpoint] = plan.of_type(DYNAMIC)
+    assert endpoint.plain["url"] == "https://llm.example.com/v1/chat/completions"
+    for resource in plan.resources:
+        assert not any("mock-es-key" in text for text in plain_strings(resource.plain))

@@ -10,7 +10,12 @@ Deliberate changes, each recorded with the snapshot it changed:
   path as arguments;
 - the secret filter of the journal lines the steps print lives once, in the host library;
 - the rebooting marker's path is passed to the startup script, not spelt out in it;
-- the run step's host-side limit is 74 minutes, so a first pull and a copy of the weights fit.
+- the run step's host-side limit is 74 minutes, so a first pull and a copy of the weights fit;
+- the proxy holds on its own (issue 13): the site sorts requests by their request line first
+  (no query string, one method per route, exact paths), matches the token with an exact,
+  case-sensitive regex key, pins its error log at `error`, bounds slow clients (header and body
+  timeouts, requests in progress per address) and answers 413 and 503 in JSON; the proxy step
+  sizes Nginx's workers in /etc/nginx/nginx.conf (vllm-nginx-site.create.sh).
 
 To record a deliberate change:
     VLLM_GCP_RECORD_GOLDEN=1 venv/bin/pytest -n 0 tests/test_golden_host_files.py

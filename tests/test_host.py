@@ -398,16 +398,29 @@ def test_host_image_must_name_its_project_and_image_or_family(image: str) -> Non
 
 
 def test_resources_that_moved_keep_their_identity_through_aliases(prod: Plan) -> None:
-    # The service account, its grants and the host-ready step lived in other components: the
-    # aliases keep existing stacks' resources (and the VM running as that account) in place.
+    # The service account, its grants, the host-ready step, the API key and the certificates
+    # lived in other components: the aliases keep existing stacks' resources (the VM running as
+    # that account, the key clients hold, the CA Kibana trusts) in place.
     host_urn = "urn:pulumi:prod::vllm-gcp::vllm-gcp:host:GpuHost::vllm"
     server_urn = "urn:pulumi:prod::vllm-gcp::vllm-gcp:vllm_server:VllmServer::vllm"
+    proxy_urn = "urn:pulumi:prod::vllm-gcp::vllm-gcp:tls_proxy:TlsProxy::vllm"
     moved = {r.name: r.options.alias_parents for r in prod.resources if r.options.alias_parents}
     assert moved == {
         "vllm-host-sa": (host_urn,),
         "vllm-host-logging-logwriter": (host_urn,),
         "vllm-host-monitoring-metricwriter": (host_urn,),
         "vllm-host-ready": (server_urn,),
+        "vllm-api-key": (server_urn,),
+        **{
+            certificate: (proxy_urn,)
+            for certificate in (
+                "vllm-ca-key",
+                "vllm-ca",
+                "vllm-server-key",
+                "vllm-server-csr",
+                "vllm-server-cert",
+            )
+        },
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import json
 import socket
@@ -11,16 +10,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
-import pulumi.dynamic
 import pytest
 from pulumi.dynamic import Config, ConfigureRequest, DiffResult
 from pulumi.dynamic.dynamic import serialize_provider
@@ -35,6 +31,7 @@ from components.kibana_connector import (
     verification_hint,
 )
 from tests.harness import ROOT
+from tests.provider_process import in_provider_thread, load_sdk_dynamic_main
 from tools.standins.kibana import StandInKibana, tls_context
 from tools.standins.pki import Pki, loopback_pki
 
@@ -589,36 +586,9 @@ def kibana_ab() -> Iterator[StandInKibana]:
         yield stand_in
 
 
-def in_provider_thread(call: Callable[[], Any]) -> Any:
-    """Run `call` as the SDK's dynamic provider servicer does: on a worker thread of a pool.
-
-    Its fresh context has no engine (Pulumi's settings are context variables), so pulumi.log
-    prints "warning: ..." to stderr as in the provider process, and the settings the SDK's
-    get_provider configures do not leak into other tests.
-    """
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(call).result()
-
-
 @pytest.fixture(scope="module")
 def sdk_dynamic_main() -> ModuleType:
-    """The SDK's own pulumi/dynamic/__main__.py, the dynamic provider process's entry point.
-
-    Importing it would serve gRPC forever: it ends with `main()`. It is compiled from its source
-    without that one statement, so `get_provider` below is the SDK's code as the engine runs it.
-    """
-    path = Path(pulumi.dynamic.__file__).with_name("__main__.py")
-    tree = ast.parse(path.read_text(), str(path))
-    last = tree.body[-1]
-    assert isinstance(last, ast.Expr)
-    assert isinstance(last.value, ast.Call)
-    assert isinstance(last.value.func, ast.Name)
-    assert last.value.func.id == "main"
-    tree.body = tree.body[:-1]
-    module = ModuleType("sdk_dynamic_main")
-    module.__file__ = str(path)
-    exec(compile(tree, str(path), "exec"), module.__dict__)  # noqa: S102 - the SDK's own source
-    return module
+    return load_sdk_dynamic_main("sdk_dynamic_main")
 
 
 @pytest.fixture

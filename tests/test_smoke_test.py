@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 
 from tools import cli, smoke_test
@@ -45,12 +46,13 @@ def test_a_good_endpoint_passes_every_check(
     code, out = _run(_args(proxy, "--ca-cert", str(proxy.ca_path)), capsys)
     assert code == 0, out
     lines = [line for line in out.splitlines() if line.startswith(("PASS", "FAIL", "SKIP"))]
-    assert len(lines) == 7
+    assert len(lines) == 8
     assert all(line.startswith("PASS") for line in lines)
     assert all(" ms " in line for line in lines)
     assert "called get_current_time" in out
+    assert 'streamed get_current_time({"timezone": "stand-in"}) in deltas' in out
     assert "first token" in out
-    assert "All 7 checks passed." in out
+    assert "All 8 checks passed." in out
 
 
 def test_a_wrong_key_fails_with_the_401_cause(
@@ -68,7 +70,7 @@ def test_an_untrusted_certificate_says_pass_ca_cert(
     code, out = _run(_args(proxy), capsys)
     assert code == 1
     assert "certificate not trusted: pass --ca-cert" in out
-    assert out.count("SKIP") == 6
+    assert out.count("SKIP") == 7
 
 
 def test_an_upstream_without_tool_calling_fails_the_tool_check(
@@ -81,8 +83,57 @@ def test_an_upstream_without_tool_calling_fails_the_tool_check(
         code, out = _run(_args(nginx, "--ca-cert", str(nginx.ca_path)), capsys)
     assert code == 1
     failed = [line for line in out.splitlines() if line.startswith("FAIL")]
-    assert len(failed) == 1
+    assert len(failed) == 2
     assert "the model answered without tool_calls: check model.toolCallParser" in failed[0]
+    assert "streamed answer carried no tool_calls deltas" in failed[1]
+
+
+def test_a_parser_that_does_not_stream_tool_calls_fails_only_the_streamed_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # vllm#20028: non-streamed tool calls work, streamed ones arrive as text.
+    with (
+        OpenAIUpstream(model=MODEL, api_key=API_KEY, tool_call_stream="text") as upstream,
+        NginxProxy(upstream.port, api_key=API_KEY) as nginx,
+    ):
+        code, out = _run(_args(nginx, "--ca-cert", str(nginx.ca_path)), capsys)
+    assert code == 1
+    failed = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1
+    assert "FAIL  streamed tool call in deltas" in failed[0]
+    assert "vllm#20028" in failed[0]
+    assert "[TOOL_CALLS]get_current_time" in failed[0]
+
+
+def test_streamed_tool_call_arguments_must_add_up_to_json() -> None:
+    def chunk(delta: dict[str, object], finish: str | None = None) -> str:
+        body = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    def broken(request: httpx2.Request) -> httpx2.Response:
+        first = {"index": 0, "id": "t1", "type": "function", "function": {"name": "f"}}
+        text = (
+            chunk({"tool_calls": [first]})
+            + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"timezone": '}}]})
+            + chunk({}, "tool_calls")
+            + "data: [DONE]\n\n"
+        )
+        return httpx2.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    endpoint = Endpoint(base_url="https://llm.example.com/v1", api_key="k", model=MODEL)
+    client = smoke_test.openai.OpenAI(
+        base_url=endpoint.base_url,
+        api_key="k",
+        http_client=smoke_test.openai.DefaultHttpxClient(transport=httpx2.MockTransport(broken)),
+    )
+    with pytest.raises(smoke_test.CheckFailed, match="arguments are not JSON"):
+        smoke_test.check_stream_tools(endpoint, client)
 
 
 def test_host_header_sets_the_name_the_certificate_is_checked_against(

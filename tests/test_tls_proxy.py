@@ -15,6 +15,11 @@ import pulumi
 import pytest
 from pulumi_command import remote
 
+from components.certificates import (
+    SERVER_VALIDITY_HOURS,
+    ServerCertificate,
+    ServerCertificateArgs,
+)
 from components.config import AccessConfig, TlsConfig
 from components.host_bundle import (
     SiteSettings,
@@ -24,7 +29,7 @@ from components.host_bundle import (
     proxy_script,
 )
 from components.render import render
-from components.tls_proxy import SERVER_VALIDITY_HOURS, TlsProxy, TlsProxyArgs
+from components.tls_proxy import TlsProxy, TlsProxyArgs
 from tests.harness import (
     MOCK_API_KEY,
     MOCK_PUBLIC_IP,
@@ -58,6 +63,18 @@ def build(tls: TlsConfig, access: AccessConfig | None = None, provided: bool = F
     def declare() -> dict[str, object]:
         connection = remote.ConnectionArgs(host=MOCK_PUBLIC_IP, user="vllm", private_key="k")
         host_ready = remote.Command("vllm-host-ready", connection=connection, create="true")
+        address = pulumi.Output.from_input(MOCK_PUBLIC_IP)
+        certificate = ServerCertificate(
+            "vllm",
+            ServerCertificateArgs(
+                tls=tls,
+                address=address,
+                provided_certificate=pulumi.Output.secret(PROVIDED_CERTIFICATE)
+                if provided
+                else None,
+                provided_private_key=pulumi.Output.secret(PROVIDED_KEY) if provided else None,
+            ),
+        )
         proxy = TlsProxy(
             "vllm",
             TlsProxyArgs(
@@ -67,16 +84,13 @@ def build(tls: TlsConfig, access: AccessConfig | None = None, provided: bool = F
                 instance_id=pulumi.Output.from_input("1234567890"),
                 host_ready=host_ready,
                 api_key=pulumi.Output.secret(MOCK_API_KEY),
-                address=pulumi.Output.from_input(MOCK_PUBLIC_IP),
-                provided_certificate=pulumi.Output.secret(PROVIDED_CERTIFICATE)
-                if provided
-                else None,
-                provided_private_key=pulumi.Output.secret(PROVIDED_KEY) if provided else None,
+                address=address,
+                certificate=certificate,
             ),
         )
         return {
             "endpoint_host": proxy.endpoint_host,
-            "ca_certificate": proxy.ca_certificate,
+            "ca_certificate": certificate.ca_certificate,
             "site_id": proxy.site.id,
         }
 
@@ -122,7 +136,7 @@ def test_key_material_and_token_travel_only_in_the_secret_stdin() -> None:
     files = site_bundle(built)
     assert set(files) == {"site", "certificate", "private_key"}
     assert files["private_key"] == MOCK_TLS_KEY
-    assert f'"Bearer {MOCK_API_KEY}" 1;' in files["site"]
+    assert f'"~^\\QBearer {MOCK_API_KEY}\\E\\z" 1;' in files["site"]
     _no_plain_secret(built, [MOCK_API_KEY, MOCK_TLS_KEY])
     site = built.named("vllm-nginx-site").inputs
     assert site["create"] == site["update"]
@@ -197,6 +211,10 @@ def test_access_rules() -> None:
         ("certificate_path", "relative.pem"),
         ("access_log", "/var/log/$x"),
         ("client_max_body_size", "lots"),
+        ("client_header_timeout", "10s; include /etc/passwd"),
+        ("client_body_timeout", "0s"),
+        ("error_log", "relative.log"),
+        ("connections_per_address", 0),
     ],
 )
 def test_render_site_refuses_values_that_would_change_its_meaning(field: str, value: str) -> None:

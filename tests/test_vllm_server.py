@@ -69,6 +69,7 @@ def build(
                 connection=connection,
                 instance_id="1234567890",
                 host_ready=host_ready,
+                api_key=pulumi.Output.secret(MOCK_API_KEY),
                 hugging_face_token=(
                     None if hugging_face_token is None else pulumi.Output.secret(hugging_face_token)
                 ),
@@ -76,7 +77,7 @@ def build(
                 registry_host=registry_host,
             ),
         )
-        return {"api_key": server.api_key}
+        return {"serving": server.serving.id}
 
     return build_components(declare, stack="test")
 
@@ -193,7 +194,6 @@ def test_unit_pulls_only_an_absent_image(prod: Plan) -> None:
 
 
 def test_the_key_and_token_are_only_in_secret_inputs(prod: Plan) -> None:
-    assert "api_key" in prod.secret_outputs
     for resource in prod.resources:
         for text in plain_strings(resource.inputs):
             assert MOCK_API_KEY not in text, f"{resource.name} carries the key in the clear"
@@ -242,7 +242,7 @@ def test_a_model_change_alters_only_the_run_and_serving_steps(prod: Plan) -> Non
         ModelConfig(id="Qwen/Qwen2.5-32B-Instruct", max_model_len=32768),
         hugging_face_token=MOCK_HF_TOKEN,
     )
-    for name in ("vllm-host-ready", "vllm-secrets", "vllm-api-key"):
+    for name in ("vllm-host-ready", "vllm-secrets"):
         assert changed.named(name).inputs == prod.named(name).inputs, name
     for name in ("vllm-run", "vllm-serving"):
         assert changed.named(name).inputs != prod.named(name).inputs, name

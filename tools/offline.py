@@ -98,6 +98,26 @@ class Registered:
         return unwrap(self.inputs)
 
 
+def _group_outputs(name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    group = inputs.get("name") or name  # auto-named from the resource name, as the engine does
+    return {"name": group, "instanceGroup": f"https://compute/regions/r/instanceGroups/{group}"}
+
+
+# What the provider adds that the program reads, as a function of a resource's name and inputs.
+_DERIVED_FAKES: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+    "gcp:artifactregistry/repository:Repository": lambda name, inputs: {
+        "name": inputs.get("repositoryId", name)
+    },
+    "gcp:compute/regionInstanceTemplate:RegionInstanceTemplate": lambda name, _: {
+        "selfLink": f"https://compute/regions/r/instanceTemplates/{name}"
+    },
+    "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager": _group_outputs,
+    "gcp:secretmanager/secretVersion:SecretVersion": lambda _, inputs: {
+        "name": f"{inputs['secret']}/versions/1"
+    },
+}
+
+
 def _fake_outputs(
     typ: str, name: str, inputs: dict[str, Any], stashed: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -143,8 +163,8 @@ def _fake_outputs(
         fakes["certRequestPem"] = (
             "-----BEGIN CERTIFICATE REQUEST-----\nmock\n-----END CERTIFICATE REQUEST-----\n"
         )
-    elif typ == "gcp:artifactregistry/repository:Repository":
-        fakes["name"] = inputs.get("repositoryId", name)
+    elif typ in _DERIVED_FAKES:
+        fakes.update(_DERIVED_FAKES[typ](name, inputs))
     elif typ == "pulumi:index:Stash":
         # The engine's builtin: a create saves its input as its output, which later updates
         # keep (`stashed` stands for a value saved by an earlier `pulumi up`).
@@ -153,6 +173,13 @@ def _fake_outputs(
         fakes["stdout"] = ""
         fakes["stderr"] = ""
     return fakes
+
+
+def _fake_id(typ: str, name: str, inputs: Mapping[str, Any]) -> str:
+    """The provider's ID where the program passes it on in a documented form."""
+    if typ == "gcp:secretmanager/secret:Secret":
+        return f"projects/test-project/secrets/{inputs['secretId']}"
+    return f"{name}-id"
 
 
 def _options(request: Any) -> RegistrationOptions:
@@ -230,7 +257,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         }
         options = self.pending_options.pop((args.typ, args.name), RegistrationOptions())
         self.resources.append(Registered(args.typ, args.name, dict(args.inputs), outputs, options))
-        return f"{args.name}-id", outputs
+        return _fake_id(args.typ, args.name, args.inputs), outputs
 
     def call(
         self, args: pulumi.runtime.MockCallArgs

@@ -5,7 +5,8 @@
 Runs the real program under Pulumi's mocks (tools/offline.py): no credentials, no Pulumi CLI,
 nothing deployed. Prints the resources grouped by type with the properties a reviewer checks;
 with --out, writes every file the host would receive (startup script, each remote step's script
-and stdin: the Nginx site, the systemd unit with the vLLM arguments) with secrets redacted, plus
+and stdin: the Nginx site, the systemd unit with the vLLM arguments; in fleet mode the instance
+template's attributes and the Secret Manager payloads) with secrets redacted, plus
 resources.json. Exit 0 when the configuration is valid, 2 when it is not (the message lists every
 problem by key path). Secrets are never read: where the stack file holds one (`secure:`), a
 stand-in takes its place, and every stand-in is redacted from what is written.
@@ -56,6 +57,11 @@ STAND_IN_KEY_SCALAR = 0x5EC2E7  # the private value of the stand-in TLS key (pro
 MAX_SHOWN_INPUT = 120
 MAX_SHOWN_OUTPUT = 100
 INSTANCE = "gcp:compute/instance:Instance"
+TEMPLATE = "gcp:compute/regionInstanceTemplate:RegionInstanceTemplate"
+GROUP = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
+SECRET_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"  # noqa: S105 (a type token)
+# A fleet template's metadata that is not a file (components/fleet.py).
+_TEMPLATE_SETTINGS = {"ssh-keys", "enable-oslogin", "block-project-ssh-keys"}
 FIREWALL = "gcp:compute/firewall:Firewall"
 REMOTE_COMMAND = "command:remote:Command"
 # stdin bundles (components/host_bundle.py `file_bundle`): one "<name> <base64>" line per file.
@@ -269,8 +275,26 @@ def _bundle_parts(text: str) -> dict[str, str] | None:
         return None
 
 
+def _content_files(stem: str, value: Any, names: Mapping[str, str]) -> dict[str, str]:
+    """A step's stdin or a secret's payload: one file, or one per part of a bundle."""
+    secret = is_secret_value(value)
+    text = str(unwrap(value))
+    parts = _bundle_parts(text)
+    if parts is None:
+        suffix = ".service" if "\n[Service]\n" in text else ".stdin"
+        return {f"{stem}{suffix}": redact(value, names)}
+    files: dict[str, str] = {}
+    for part, content in parts.items():
+        redacted, found = redact_text(content, names)
+        # As for a whole secret input: a secret part with no known secret in it goes whole.
+        files[f"{stem}{_BUNDLE_SUFFIXES.get(part, '.' + part)}"] = (
+            "<redacted>" if secret and not found else redacted
+        )
+    return files
+
+
 def host_files(plan: Plan, names: Mapping[str, str]) -> dict[str, str]:
-    """Every file the host would receive, file name to redacted content."""
+    """Every file the host (or a fleet's replica) would receive, file name to redacted content."""
     files: dict[str, str] = {}
     for instance in plan.of_type(INSTANCE):
         metadata = instance.inputs.get("metadata") or {}
@@ -285,20 +309,15 @@ def host_files(plan: Plan, names: Mapping[str, str]) -> dict[str, str]:
         if update is not None and unwrap(update) != unwrap(create):
             files[f"{step.name}.update.sh"] = redact(update, names)
         stdin = step.inputs.get("stdin")
-        if stdin is None:
-            continue
-        secret = is_secret_value(stdin)
-        parts = _bundle_parts(str(unwrap(stdin)))
-        if parts is None:
-            suffix = ".service" if "\n[Service]\n" in str(unwrap(stdin)) else ".stdin"
-            files[f"{step.name}{suffix}"] = redact(stdin, names)
-            continue
-        for part, content in parts.items():
-            text, found = redact_text(content, names)
-            # As for a whole secret input: a secret part with no known secret in it goes whole.
-            files[f"{step.name}{_BUNDLE_SUFFIXES.get(part, '.' + part)}"] = (
-                "<redacted>" if secret and not found else text
-            )
+        if stdin is not None:
+            files.update(_content_files(step.name, stdin, names))
+    for template in plan.of_type(TEMPLATE):
+        metadata = unwrap(template.inputs.get("metadata") or {})
+        for key in sorted(set(metadata) - _TEMPLATE_SETTINGS):
+            suffix = ".service" if "\n[Service]\n" in metadata[key] else ".sh"
+            files[f"{template.name}.{key}{suffix}"] = redact(metadata[key], names)
+    for version in plan.of_type(SECRET_VERSION):
+        files.update(_content_files(version.name, version.inputs["secretData"], names))
     return files
 
 
@@ -361,6 +380,38 @@ def _instance_lines(inputs: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _template_lines(inputs: dict[str, Any]) -> list[str]:
+    scheduling = inputs.get("scheduling") or {}
+    disk = (inputs.get("disks") or [{}])[0]
+    account = inputs.get("serviceAccount") or {}
+    interfaces = inputs.get("networkInterfaces") or [{}]
+    external = any(i.get("accessConfigs") for i in interfaces)
+    metadata = inputs.get("metadata") or {}
+    return [
+        f"machineType: {inputs.get('machineType')}",
+        f"region: {inputs.get('region')}",
+        "scheduling: " + ", ".join(f"{key} {scheduling[key]}" for key in sorted(scheduling)),
+        f"boot disk: {disk.get('diskSizeGb')} GB {disk.get('diskType')}, "
+        f"image {disk.get('sourceImage')}",
+        f"serviceAccount: {account.get('email')} (scopes: {', '.join(account.get('scopes', []))})",
+        "network: " + ("external IP" if external else "no external IP"),
+        f"tags: {', '.join(inputs.get('tags') or [])}",
+        f"metadata keys: {', '.join(sorted(metadata))}",
+    ]
+
+
+def _group_lines(inputs: dict[str, Any]) -> list[str]:
+    policy = inputs.get("updatePolicy") or {}
+    healing = inputs.get("autoHealingPolicies") or {}
+    return [
+        f"targetSize: {inputs.get('targetSize')}",
+        f"zones: {', '.join(inputs.get('distributionPolicyZones') or [])} "
+        f"(shape {inputs.get('distributionPolicyTargetShape')})",
+        "update: " + ", ".join(f"{key} {policy[key]}" for key in sorted(policy)),
+        f"autohealing: initial delay {healing.get('initialDelaySec')} s",
+    ]
+
+
 def _firewall_lines(inputs: dict[str, Any]) -> list[str]:
     lines = [f"direction: {inputs.get('direction', 'INGRESS')}, priority {inputs.get('priority')}"]
     if inputs.get("allows"):
@@ -417,11 +468,18 @@ def _tidy(value: Any) -> Any:
     return value
 
 
+# The types whose summary is composed from their plain inputs.
+_SUMMARIES = {
+    INSTANCE: _instance_lines,
+    TEMPLATE: _template_lines,
+    GROUP: _group_lines,
+    FIREWALL: _firewall_lines,
+}
+
+
 def resource_lines(resource: Registered) -> list[str]:
-    if resource.type == INSTANCE:
-        return _instance_lines(_tidy(resource.plain))
-    if resource.type == FIREWALL:
-        return _firewall_lines(_tidy(resource.plain))
+    if resource.type in _SUMMARIES:
+        return _SUMMARIES[resource.type](_tidy(resource.plain))
     if resource.type == REMOTE_COMMAND:
         return _command_lines(resource)
     if resource.type.startswith(f"{PROJECT}:"):

@@ -12,6 +12,7 @@ the TLS handshake, the request without a key and the routes outside /v1 are chec
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import ssl
 import sys
@@ -19,10 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import cast
 
 import httpx
 import httpx2
 import openai
+from openai.types.chat import ChatCompletionToolParam
 
 from tools.endpoint import (
     Endpoint,
@@ -32,7 +35,8 @@ from tools.endpoint import (
     resolve_endpoint,
 )
 
-# Routes vLLM serves without its API key: the proxy must not expose them (DESIGN.md).
+# Routes vLLM serves without its API key: the proxy must not expose them (README, "What the
+# proxy guarantees").
 ROUTES_OUTSIDE_V1 = ("/metrics", "/health", "/tokenize", "/version", "/docs")
 TOOL = {
     "type": "function",
@@ -216,6 +220,57 @@ def check_tools(endpoint: Endpoint, client: openai.OpenAI) -> str:
     return f"called {name}({arguments})"
 
 
+def check_stream_tools(endpoint: Endpoint, client: openai.OpenAI) -> str:
+    """A streamed tool call, as an Elasticsearch inference endpoint always asks for one: the call
+    must arrive in `tool_calls` deltas (name first, then the arguments in pieces) that add up to
+    valid JSON. vLLM's Mistral parser once passed it on as text or dropped it (vllm#20028)."""
+    stream = client.chat.completions.create(
+        model=endpoint.model,
+        messages=[
+            {"role": "user", "content": "What time is it in Paris? Use the get_current_time tool."}
+        ],
+        tools=[cast("ChatCompletionToolParam", TOOL)],
+        tool_choice="auto",
+        max_tokens=128,
+        temperature=0,
+        stream=True,
+    )
+    names: dict[int, str] = {}
+    arguments: dict[int, str] = {}
+    content = ""
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            delta = choice.delta
+            content += delta.content or ""
+            for call in delta.tool_calls or []:
+                function = call.function
+                if function is not None and function.name:
+                    names[call.index] = names.get(call.index, "") + function.name
+                if function is not None and function.arguments:
+                    arguments[call.index] = arguments.get(call.index, "") + function.arguments
+            finish = choice.finish_reason or finish
+    if not names:
+        seen = f" (the text held {content.strip()[:60]!r})" if content.strip() else ""
+        raise CheckFailed(
+            f"the streamed answer carried no tool_calls deltas{seen}: the tool-call parser does "
+            "not stream tool calls (vllm#20028); check model.toolCallParser and model.image"
+        )
+    text = arguments.get(0, "")
+    try:
+        parsed = json.loads(text or "{}")
+    except ValueError:
+        raise CheckFailed(
+            f"the streamed tool call's arguments are not JSON ({text[:60]!r}): the tool-call "
+            "parser splits them wrongly (vllm#20028); check model.toolCallParser and model.image"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise CheckFailed(f"the streamed tool call's arguments are not an object: {text[:60]!r}")
+    if finish != "tool_calls":
+        raise CheckFailed(f"the stream finished with {finish!r}, not 'tool_calls'")
+    return f"streamed {names[0]}({text}) in deltas"
+
+
 def check_outside_v1(endpoint: Endpoint, http: httpx.Client) -> str:
     # With the right key: the key must not unlock vLLM's unguarded routes either.
     headers = {"Authorization": f"Bearer {endpoint.api_key}"}
@@ -297,6 +352,7 @@ def run_checks(
             ("chat completion answers", lambda: check_chat(endpoint, client)),
             ("streamed completion delivers", lambda: check_stream(endpoint, client)),
             ("tool request returns tool_calls", lambda: check_tools(endpoint, client)),
+            ("streamed tool call in deltas", lambda: check_stream_tools(endpoint, client)),
             ("routes outside /v1 not served", lambda: check_outside_v1(endpoint, http)),
         ]
         for name, check in api_checks:

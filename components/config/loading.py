@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pulumi
 from pydantic import ValidationError
 
-from components.config import rules
+from components.config import raw_checks, rules
 from components.config.problems import ConfigError, Problem, did_you_mean
 from components.config.schema import (
     PROJECT,
@@ -23,6 +23,7 @@ from components.config.schema import (
     ZONE_NAME,
     AccessConfig,
     ElasticConfig,
+    FleetConfig,
     HostConfig,
     MirrorConfig,
     ModelConfig,
@@ -57,6 +58,7 @@ class ParsedSections:
     mirror: MirrorConfig | None
     tls: TlsConfig | None
     elastic: ElasticConfig | None  # also None when the stack sets no elastic section
+    fleet: FleetConfig | None  # None when the stack sets no fleet section: one VM
 
 
 # The namespace's top-level keys: the sections, in contract order, and the secrets.
@@ -71,6 +73,7 @@ class SecretTexts:
     tls_private_key: str | None
     hugging_face_token: str | None
     kibana_api_key: str | None
+    elasticsearch_api_key: str | None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,6 +122,7 @@ def _secret_texts(raw: Mapping[str, Any]) -> SecretTexts:
         tls_private_key=text("tlsPrivateKey"),
         hugging_face_token=text("huggingFaceToken"),
         kibana_api_key=text("kibanaApiKey"),
+        elasticsearch_api_key=text("elasticsearchApiKey"),
     )
 
 
@@ -185,6 +189,7 @@ def _parse_sections(own: Mapping[str, Any]) -> tuple[ParsedSections, list[Proble
         return section
 
     has_elastic = _raw_value(own.get("elastic")) is not None
+    has_fleet = _raw_value(own.get("fleet")) is not None
     sections = ParsedSections(
         host=parse("host", HostConfig),
         model=parse("model", ModelConfig),
@@ -193,6 +198,7 @@ def _parse_sections(own: Mapping[str, Any]) -> tuple[ParsedSections, list[Proble
         mirror=parse("mirror", MirrorConfig),
         tls=parse("tls", TlsConfig),
         elastic=parse("elastic", ElasticConfig) if has_elastic else None,
+        fleet=parse("fleet", FleetConfig) if has_fleet else None,
     )
     return sections, found
 
@@ -221,7 +227,7 @@ def _check_provider_keys(raw: Mapping[str, Any]) -> list[Problem]:
         found.append(
             Problem("gcp:zone", "required: a zone that offers the GPU, e.g. us-central1-a")
         )
-    elif not ZONE_NAME.match(str(zone)):
+    elif not ZONE_NAME.fullmatch(str(zone)):
         found.append(Problem("gcp:zone", f"{zone!r} is not a zone name such as us-central1-a"))
     elif region and str(zone).rsplit("-", 1)[0] != region:
         found.append(Problem("gcp:region", f"{region} is not the region of zone {zone}"))
@@ -239,7 +245,10 @@ def _apply_rules(sections: ParsedSections, zone: str | None, secrets: SecretText
     )
     found: list[Problem] = []
     if host is not None:
-        found += rules.check_machine(host, zone)
+        # A fleet's gcp:zone names its region only: its own zones are checked below.
+        found += rules.check_machine(host, zone if sections.fleet is None else None)
+        if sections.fleet is not None:
+            found += rules.check_fleet(sections.fleet, host, zone, tls, network)
     if model is not None:
         found += rules.check_model_flags(model)
         if host is not None:
@@ -252,7 +261,9 @@ def _apply_rules(sections: ParsedSections, zone: str | None, secrets: SecretText
     if tls is not None:
         found += rules.check_letsencrypt(tls)
         found += rules.check_tls_secrets(tls, secrets.tls_certificate, secrets.tls_private_key)
-    found += rules.check_elastic(sections.elastic, secrets.kibana_api_key)
+    found += rules.check_elastic(
+        sections.elastic, secrets.kibana_api_key, secrets.elasticsearch_api_key, tls
+    )
     return found
 
 
@@ -269,7 +280,11 @@ def _missing_user_values_hint(problems: list[Problem]) -> str:
 def _collect_warnings(sections: ParsedSections, secrets: SecretTexts) -> list[str]:
     advisories = [] if sections.model is None else rules.vllm_advisory_warnings(sections.model)
     return advisories + rules.unused_secret_warnings(
-        sections.model, sections.elastic, secrets.hugging_face_token, secrets.kibana_api_key
+        sections.model,
+        sections.elastic,
+        secrets.hugging_face_token,
+        secrets.kibana_api_key,
+        secrets.elasticsearch_api_key,
     )
 
 
@@ -314,6 +329,7 @@ def _stack_config(
         mirror=mirror,
         tls=tls,
         elastic=sections.elastic,
+        fleet=sections.fleet,
         secrets=StackSecrets(
             tls_certificate=_secret_output(secrets.tls_certificate),
             tls_private_key=_secret_output(secrets.tls_private_key),
@@ -333,6 +349,7 @@ def validate(raw: Mapping[str, Any], stack: str) -> tuple[StackConfig, list[str]
         *_check_provider_keys(raw),
         *_apply_rules(sections, _zone(raw), secrets),
     ]
+    problems = raw_checks.screened(raw, KNOWN_KEYS, problems)
     if problems:
         raise ConfigError(problems, _missing_user_values_hint(problems))
     return _stack_config(raw, stack, sections, secrets), _collect_warnings(sections, secrets)

@@ -7,6 +7,7 @@ already reported) and returns the problems it finds, each by its key path.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from components import catalogue
 from components.config.certificates import check_provided_certificate
@@ -16,6 +17,7 @@ from components.config.schema import (
     ZONE_NAME,
     AccessConfig,
     ElasticConfig,
+    FleetConfig,
     HostConfig,
     MirrorConfig,
     ModelConfig,
@@ -24,7 +26,8 @@ from components.config.schema import (
 )
 
 # Flags the stack sets itself: overriding them in extraArgs would break the proxy or the key.
-_RESERVED_VLLM_FLAGS = ("--host", "--port", "--api-key", "--uds")
+# --config reads flags from a YAML file, these among them.
+_RESERVED_VLLM_FLAGS = ("host", "port", "api-key", "uds", "config")
 # RFC 1918 and the shared address space (RFC 6598) that VPCs may use for subnets.
 _PRIVATE_RANGES = tuple(
     ipaddress.IPv4Network(r)
@@ -98,15 +101,19 @@ def check_model_flags(model: ModelConfig) -> list[Problem]:
             )
         )
     for index, arg in enumerate(model.extra_args):
-        flag = arg.split("=", 1)[0]
-        if flag in _RESERVED_VLLM_FLAGS:
-            found.append(
-                Problem(
-                    f"{key}.extraArgs[{index}]",
-                    f"{flag} is set by the stack (vLLM listens on 127.0.0.1:8000 behind Nginx, "
-                    "with the stack's key); remove it",
-                )
+        flag = reserved_vllm_flag(arg)
+        if flag is None:
+            continue
+        given = re.split(r"[=\s]", arg, maxsplit=1)[0]  # never the value: it may be a key
+        read_as = "" if given == flag else f" is read by vLLM as {flag}, which"
+        found.append(
+            Problem(
+                f"{key}.extraArgs[{index}]",
+                f"{given}{read_as} is set by the stack (vLLM listens on 127.0.0.1:8000 behind "
+                "Nginx, with the stack's key; --config would read more flags from a file); "
+                "remove it",
             )
+        )
     tag = model.image.rpartition(":")[2]
     if "@" not in model.image and tag == "latest":
         found.append(
@@ -125,6 +132,24 @@ def check_model_flags(model: ModelConfig) -> list[Problem]:
             Problem(f"{key}.gcsUri", "is only read when model.source is gcs; set source: gcs")
         )
     return found
+
+
+def reserved_vllm_flag(arg: str) -> str | None:
+    """The reserved flag an extra argument sets as vLLM's parser reads it, else None.
+
+    vLLM's FlexibleArgumentParser (vllm/utils/argparse_utils.py) turns `_` into `-` in a name up
+    to its first `.`, takes `--name=value`, reads `--name.key value` as a JSON value of `--name`,
+    and keeps argparse's allow_abbrev (on): a unique prefix of a flag is that flag, and a prefix
+    of several is an error at start. So any prefix of a reserved name is refused. An argument
+    with a space in its name is not a flag to argparse (vLLM refuses it as an extra positional),
+    and is refused here like the flag it spells.
+    """
+    if not arg.startswith("--"):
+        return None
+    name = re.split(r"[=.\s]", arg[2:], maxsplit=1)[0].replace("_", "-")
+    if not name:
+        return None  # `--`: the end of the options
+    return next((f"--{flag}" for flag in _RESERVED_VLLM_FLAGS if flag.startswith(name)), None)
 
 
 def check_model_fit(model: ModelConfig, host: HostConfig) -> list[Problem]:
@@ -159,7 +184,7 @@ def _check_weights_fit(
     return [
         Problem(
             f"{PROJECT}:model.id",
-            f"{model.id} needs about {needed:.0f} GB for its bf16 weights; vLLM may use "
+            f"{model.id} needs about {needed:.0f} GB for its weights; vLLM may use "
             f"{available:.1f} GB ({tensor_parallel} x {spec.gpu.memory_gb} GB x "
             f"{model.gpu_memory_utilization}), and the weights may take at most "
             f"{catalogue.MAX_WEIGHTS_SHARE:.0%} of it to leave room for the KV cache; choose a "
@@ -328,6 +353,134 @@ def _check_private_supplies(
 
 
 # ------------------------------------------------------------------------------------------------
+# The fleet: its size, its zones, and what its load balancer can serve
+
+
+def check_fleet(
+    fleet: FleetConfig,
+    host: HostConfig,
+    zone: str | None,
+    tls: TlsConfig | None,
+    network: NetworkConfig | None,
+) -> list[Problem]:
+    """A size the group can have, zones of the region that offer the GPU, and settings the load
+    balancer can serve."""
+    return [
+        *_check_fleet_size(fleet),
+        *_check_fleet_zones(fleet, host, zone),
+        *_check_fleet_serving(fleet, tls, network),
+    ]
+
+
+def _check_fleet_size(fleet: FleetConfig) -> list[Problem]:
+    key = f"{PROJECT}:fleet"
+    if fleet.replicas is not None and fleet.autoscaled:
+        return [
+            Problem(
+                f"{key}.replicas",
+                "a fixed size or an autoscaled one, not both: remove replicas, or "
+                "minReplicas and maxReplicas",
+            )
+        ]
+    if fleet.autoscaled and (fleet.min_replicas is None or fleet.max_replicas is None):
+        missing = "maxReplicas" if fleet.max_replicas is None else "minReplicas"
+        return [Problem(f"{key}.{missing}", "required with an autoscaled size (both bounds)")]
+    low, high = fleet.min_replicas, fleet.max_replicas
+    if low is not None and high is not None and low > high:
+        return [Problem(f"{key}.minReplicas", f"{low} is above maxReplicas {high}")]
+    return []
+
+
+def _check_fleet_zones(fleet: FleetConfig, host: HostConfig, zone: str | None) -> list[Problem]:
+    spec = catalogue.MACHINE_TYPES.get(host.machine_type)
+    if spec is None or zone is None or not ZONE_NAME.match(zone):
+        return []  # reported by check_machine and the provider-key check
+    region = zone.rsplit("-", 1)[0]
+    offering = catalogue.region_zones(spec.gpu, region)
+    key = f"{PROJECT}:fleet.zones"
+    if fleet.zones is None:
+        if offering:
+            return []
+        if host.skip_zone_check:
+            return [Problem(key, f"required: no zone of {region} is known to offer the GPU")]
+        regions = sorted({z.rsplit("-", 1)[0] for z in spec.gpu.zones})
+        return [
+            Problem(
+                "gcp:zone",
+                f"no zone of {region} is known to offer {spec.gpu.display_name} as of "
+                f"{catalogue.GPU_ZONES_AS_OF} (gcp:zone names the fleet's region); regions "
+                f"that do: {', '.join(regions)}",
+            )
+        ]
+    found: list[Problem] = []
+    for index, name in enumerate(fleet.zones):
+        if name.rsplit("-", 1)[0] != region:
+            found.append(
+                Problem(f"{key}[{index}]", f"{name} is not in {region}, the region of gcp:zone")
+            )
+        elif name not in spec.gpu.zones and not host.skip_zone_check:
+            found.append(
+                Problem(
+                    f"{key}[{index}]",
+                    f"{name} is not known to offer {spec.gpu.display_name} as of "
+                    f"{catalogue.GPU_ZONES_AS_OF}; zones of {region} that do: "
+                    f"{', '.join(offering) or 'none'}",
+                )
+            )
+    if len(set(fleet.zones)) != len(fleet.zones):
+        found.append(Problem(key, "names a zone twice"))
+    if not fleet.zones:
+        found.append(Problem(key, "must name at least one zone, or be left out"))
+    return found
+
+
+def _check_fleet_serving(
+    fleet: FleetConfig, tls: TlsConfig | None, network: NetworkConfig | None
+) -> list[Problem]:
+    found: list[Problem] = []
+    if tls is not None and tls.mode == "letsencrypt":
+        found.append(
+            Problem(
+                f"{PROJECT}:tls.mode",
+                "a fleet's load balancer terminates TLS, and certbot on the replicas cannot "
+                "answer Let's Encrypt through it; use self-signed, or provided with a "
+                "certificate for tls.domain",
+            )
+        )
+    if network is not None:
+        if network.ssh_jump_host is not None:
+            found.append(
+                Problem(
+                    f"{PROJECT}:network.sshJumpHost",
+                    "a fleet is configured at boot, not over SSH: remove it",
+                )
+            )
+        proxy = ipaddress.IPv4Network(fleet.proxy_subnet_cidr)
+        if not _is_private_range(fleet.proxy_subnet_cidr):
+            found.append(
+                Problem(
+                    f"{PROJECT}:fleet.proxySubnetCidr",
+                    f"{proxy} is not a private (RFC 1918) range",
+                )
+            )
+        elif proxy.overlaps(ipaddress.IPv4Network(network.subnet_cidr)):
+            found.append(
+                Problem(
+                    f"{PROJECT}:fleet.proxySubnetCidr",
+                    f"{proxy} overlaps network.subnetCidr {network.subnet_cidr}",
+                )
+            )
+        elif proxy.prefixlen > 26:  # noqa: PLR2004 (GCE's largest proxy-only subnet prefix)
+            found.append(
+                Problem(
+                    f"{PROJECT}:fleet.proxySubnetCidr",
+                    f"{proxy} is too small: a proxy-only subnet needs /26 or larger (/23 advised)",
+                )
+            )
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
 # TLS modes and the secrets they read
 
 
@@ -386,18 +539,75 @@ def check_tls_secrets(
 # Elastic
 
 
-def check_elastic(elastic: ElasticConfig | None, kibana_api_key: str | None) -> list[Problem]:
-    """A Kibana URL needs the API key the connector is created with."""
-    if elastic is None or kibana_api_key is not None:
+# Elastic Cloud's deployment and project hosts (Hosted: <name>.<region>.<csp>.cloud.es.io, the
+# older found.io and Azure's elastic-cloud.com; Serverless: <project>.<region>.<csp>.elastic.cloud).
+ELASTIC_CLOUD_HOSTS = (".cloud.es.io", ".found.io", ".elastic-cloud.com", ".elastic.cloud")
+
+
+def is_elastic_cloud(url: str) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+    return host.endswith(ELASTIC_CLOUD_HOSTS)
+
+
+def check_elastic(
+    elastic: ElasticConfig | None,
+    kibana_api_key: str | None,
+    elasticsearch_api_key: str | None = None,
+    tls: TlsConfig | None = None,
+) -> list[Problem]:
+    """Kibana, Elasticsearch or both; each with its API key; a model Elasticsearch can trust."""
+    if elastic is None:
         return []
-    return [
-        Problem(
-            f"{PROJECT}:kibanaApiKey",
-            f"required when elastic.kibanaUrl is set: pulumi config set --secret "
-            f"{PROJECT}:kibanaApiKey <a Kibana API key with the Actions and Connectors "
-            "All privilege>",
+    key = f"{PROJECT}:elastic"
+    if elastic.kibana_url is None and elastic.elasticsearch_url is None:
+        return [
+            Problem(
+                key,
+                "set kibanaUrl (a Kibana connector), elasticsearchUrl (an Elasticsearch inference "
+                "endpoint, Kibana 9.4+) or both",
+            )
+        ]
+    found: list[Problem] = []
+    if elastic.kibana_url is not None and kibana_api_key is None:
+        found.append(
+            Problem(
+                f"{PROJECT}:kibanaApiKey",
+                f"required when elastic.kibanaUrl is set: pulumi config set --secret "
+                f"{PROJECT}:kibanaApiKey <a Kibana API key with the Actions and Connectors "
+                "All privilege>",
+            )
         )
-    ]
+    if elastic.elasticsearch_url is None:
+        if elastic.inference_id is not None:
+            found.append(
+                Problem(f"{key}.inferenceId", "is only read with elastic.elasticsearchUrl")
+            )
+        return found
+    if elasticsearch_api_key is None:
+        found.append(
+            Problem(
+                f"{PROJECT}:elasticsearchApiKey",
+                f"required when elastic.elasticsearchUrl is set: pulumi config set --secret "
+                f"{PROJECT}:elasticsearchApiKey <an Elasticsearch API key with the cluster "
+                "privilege manage_inference>",
+            )
+        )
+    self_signed = tls is not None and tls.mode == "self-signed"
+    if self_signed and is_elastic_cloud(elastic.elasticsearch_url):
+        # The inference API calls the model with the JVM's default trust store (its HTTP client
+        # has TLS settings for the elastic service only: xpack.inference.elastic.http.ssl.*), and
+        # Elastic Cloud lets no one add a CA to it.
+        found.append(
+            Problem(
+                f"{PROJECT}:tls.mode",
+                "self-signed cannot work with an inference endpoint on Elastic Cloud "
+                f"(elastic.elasticsearchUrl {elastic.elasticsearch_url}): Elasticsearch, not "
+                "Kibana, calls the model, trusting only the public CAs of its JVM, and Elastic "
+                "Cloud offers no way to add one; use letsencrypt (with tls.domain and tls.email) "
+                "or provided (a certificate from a public CA)",
+            )
+        )
+    return found
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,14 +632,21 @@ def unused_secret_warnings(
     elastic: ElasticConfig | None,
     hugging_face_token: str | None,
     kibana_api_key: str | None,
+    elasticsearch_api_key: str | None = None,
 ) -> list[str]:
     """Secrets set but not read by this configuration."""
     found: list[str] = []
     if model is not None and model.source == "gcs" and hugging_face_token is not None:
         found.append(f"{PROJECT}:huggingFaceToken is unused: weights come from {model.gcs_uri}")
-    if elastic is None and kibana_api_key is not None:
+    if (elastic is None or elastic.kibana_url is None) and kibana_api_key is not None:
         found.append(
             f"{PROJECT}:kibanaApiKey is unused: elastic.kibanaUrl is not set (keep it until a "
             "connector an earlier `pulumi up` made is deleted: deleting it needs the key)"
+        )
+    if (elastic is None or elastic.elasticsearch_url is None) and elasticsearch_api_key:
+        found.append(
+            f"{PROJECT}:elasticsearchApiKey is unused: elastic.elasticsearchUrl is not set (keep "
+            "it until an inference endpoint an earlier `pulumi up` made is deleted: deleting it "
+            "needs the key)"
         )
     return found

@@ -38,17 +38,23 @@ def _cidr(value: str) -> str:
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_IMAGE_REF = re.compile(
-    r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$"
+# Each pattern matches a whole value: checked with fullmatch, and anchored with \Z, not $ (which
+# also matches before a final newline), for any caller that uses match. ASCII: \w and \d would
+# take any script's letters and digits (a Cyrillic a, U+0430, in a model id names another
+# repository).
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z", re.ASCII
 )
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_GCS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
-_SPACE_ID = re.compile(r"^[a-z0-9_-]+$")
-_JUMP_HOST = re.compile(r"^[a-z_][a-z0-9_-]{0,31}@[A-Za-z0-9.-]+(:\d{1,5})?$")
-ZONE_NAME = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+_LINUX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+_IMAGE_REF = re.compile(
+    r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})\Z", re.ASCII
+)
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+\Z", re.ASCII)
+_GCS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?\Z")
+_SPACE_ID = re.compile(r"^[a-z0-9_-]+\Z")
+_JUMP_HOST = re.compile(r"^[a-z_][a-z0-9_-]{0,31}@[A-Za-z0-9.-]+(:\d{1,5})?\Z", re.ASCII)
+ZONE_NAME = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]\Z", re.ASCII)
 # A GCE image by project and name or family (projects/P/global/images/[family/]NAME), the forms
 # components/host.py resolves and the provider's DiskImageDiffSuppress compares.
 HOST_IMAGE = re.compile(
@@ -58,7 +64,7 @@ HOST_IMAGE = re.compile(
 
 
 def _ssh_user(value: str) -> str:
-    if not _LINUX_USER.match(value):
+    if not _LINUX_USER.fullmatch(value):
         raise ValueError(f"{value!r} is not a Linux user name such as vllm")
     if value == "root":
         raise ValueError("root cannot log in over SSH on GCE images; use a user such as vllm")
@@ -77,14 +83,14 @@ def _host_image(value: str) -> str:
 
 def _hostname(value: str) -> str:
     lowered = value.lower().rstrip(".")
-    if not _HOSTNAME.match(lowered):
+    if not _HOSTNAME.fullmatch(lowered):
         raise ValueError(f"{value!r} is not a DNS name such as llm.example.com")
     return lowered
 
 
 def _pattern(regex: re.Pattern[str], example: str) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not regex.match(value):
+        if not regex.fullmatch(value):
             raise ValueError(f"{value!r} is not valid; expected something like {example}")
         return value
 
@@ -188,30 +194,87 @@ class TlsConfig(Section):
     email: Annotated[str, AfterValidator(_pattern(_EMAIL, "ops@example.com"))] | None = None
 
 
+_HTTP_URL = re.compile(r"^https?://[^\s/]+(/[^\s]*)?$")
+# Elasticsearch's rule for ids (MlStrings.isValidId, used by the inference API): lowercase
+# alphanumerics, hyphens, underscores and dots, starting and ending alphanumeric, at most 64.
+INFERENCE_ID = re.compile(r"^(?=.{1,64}$)[a-z0-9](?:[a-z0-9_.-]*[a-z0-9])?$")
+
+
 class ElasticConfig(Section):
-    kibana_url: Annotated[
-        str,
-        AfterValidator(
-            _pattern(
-                re.compile(r"^https?://[^\s/]+(/[^\s]*)?$"), "https://my-deployment.kb.example.com"
-            )
-        ),
-    ]
+    """vllm-gcp:elastic: a Kibana connector (kibanaUrl), an inference endpoint (elasticsearchUrl),
+    or both; at least one of the two (rules.check_elastic)."""
+
+    kibana_url: (
+        Annotated[str, AfterValidator(_pattern(_HTTP_URL, "https://my-deployment.kb.example.com"))]
+        | None
+    ) = None
     space: Annotated[str, AfterValidator(_pattern(_SPACE_ID, "default"))] = "default"
     connector_name: str | None = Field(default=None, min_length=1, max_length=200)
     verify: bool = True
+    elasticsearch_url: (
+        Annotated[str, AfterValidator(_pattern(_HTTP_URL, "https://my-deployment.es.example.com"))]
+        | None
+    ) = None
+    inference_id: Annotated[str, AfterValidator(_pattern(INFERENCE_ID, "vllm-prod"))] | None = (
+        None  # default: vllm-<stack> (inference_id_for)
+    )
 
     @property
     def base_url(self) -> str:
-        return self.kibana_url.rstrip("/")
+        """The Kibana URL without a trailing slash ("" without one)."""
+        return (self.kibana_url or "").rstrip("/")
+
+    @property
+    def elasticsearch_base_url(self) -> str:
+        return (self.elasticsearch_url or "").rstrip("/")
+
+    def inference_id_for(self, stack: str) -> str:
+        """The configured id, else `vllm-<stack>` made valid for Elasticsearch."""
+        if self.inference_id:
+            return self.inference_id
+        tail = re.sub(r"[^a-z0-9_.-]+", "-", stack.lower()).strip("-_.") or "stack"
+        return f"vllm-{tail}"[:64].rstrip("-_.")
+
+
+class FleetConfig(Section):
+    """vllm-gcp:fleet: replicas on a regional managed instance group behind a load balancer."""
+
+    replicas: int | None = Field(default=None, ge=1)  # a fixed size, or min/max (autoscaled)
+    min_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+    zones: list[Annotated[str, AfterValidator(_pattern(ZONE_NAME, "us-central1-a"))]] | None = (
+        None  # default: the region's zones that offer the machine's GPU
+    )
+    target_shape: Literal["even", "balanced", "any", "any-single-zone"] = "balanced"
+    # The proxy-only subnet the regional load balancer's proxies take their addresses from.
+    proxy_subnet_cidr: Cidr = "10.43.0.0/23"
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None or self.max_replicas is not None
+
+    @property
+    def initial_size(self) -> int:
+        """The group's size when it is made: replicas, or the autoscaler's minimum."""
+        return self.replicas or self.min_replicas or DEFAULT_FLEET_REPLICAS
+
+
+DEFAULT_FLEET_REPLICAS = 2
 
 
 # ------------------------------------------------------------------------------------------------
 # The validated stack
 
 # The secret keys of the namespace, as the stack file names them. StackSecrets holds those the
-# program reads; the Kibana connector's provider reads kibanaApiKey itself (its configure()).
-SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey", "huggingFaceToken", "kibanaApiKey")
+# program reads; the Kibana connector's and the inference endpoint's providers read kibanaApiKey
+# and elasticsearchApiKey themselves (their configure()).
+SECRET_KEYS = (
+    "tlsCertificate",
+    "tlsPrivateKey",
+    "huggingFaceToken",
+    "kibanaApiKey",
+    "elasticsearchApiKey",
+)
 
 
 @dataclass(frozen=True)
@@ -237,6 +300,7 @@ class StackConfig:
     mirror: MirrorConfig
     tls: TlsConfig
     elastic: ElasticConfig | None
+    fleet: FleetConfig | None = None  # None: one VM configured over SSH
     secrets: StackSecrets = field(default_factory=StackSecrets)
 
     @property
@@ -246,6 +310,14 @@ class StackConfig:
     @property
     def machine(self) -> catalogue.MachineSpec:
         return self.host.machine
+
+    @property
+    def fleet_zones(self) -> list[str]:
+        """The zones the fleet's group spreads across: fleet.zones, else the region's zones that
+        offer the machine's GPU (the catalogue's dated list)."""
+        if self.fleet is not None and self.fleet.zones:
+            return list(self.fleet.zones)
+        return catalogue.region_zones(self.machine.gpu, self.region)
 
     @property
     def tensor_parallel_size(self) -> int:

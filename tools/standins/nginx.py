@@ -35,15 +35,23 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def main_config(directory: Path, site_path: Path) -> str:
+def main_config(
+    directory: Path,
+    site_path: Path,
+    *,
+    error_level: str = "info",
+    worker_processes: int = 2,
+    worker_connections: int = 1024,
+) -> str:
     """An nginx.conf around the site, like Debian's: its http-level defaults that could interfere
-    (TLS 1.0/1.1 allowed, gzip on) are kept, so the site must override them itself."""
+    (TLS 1.0/1.1 allowed, gzip on) are kept, so the site must override them itself. The main
+    error log's level and the workers' sizes are the tests' to choose."""
     return f"""
-worker_processes 2;
+worker_processes {worker_processes};
 pid {directory}/nginx.pid;
-error_log {directory}/error.log info;
+error_log {directory}/error.log {error_level};
 events {{
-    worker_connections 1024;
+    worker_connections {worker_connections};
 }}
 http {{
     sendfile on;
@@ -69,7 +77,9 @@ class NginxProxy:
 
     https_url / http_url are the TLS and plain-HTTP listeners; ca_path is the CA that signed the
     server certificate (for `ssl` / httpx `verify=` / the openai client's http_client).
-    Extra keyword arguments override other SiteSettings fields (e.g. failed_auth_burst).
+    Extra keyword arguments override other SiteSettings fields (e.g. failed_auth_burst);
+    `main` holds main_config's keyword arguments (the main error log's level, worker sizes).
+    The site's servers and the main context write to the same error.log, as on the host.
     """
 
     def __init__(
@@ -78,6 +88,7 @@ class NginxProxy:
         api_key: str = "test-key",
         api_cidrs: Sequence[str] = ("0.0.0.0/0",),
         server_name: str = "localhost",
+        main: dict[str, Any] | None = None,
         **site_overrides: Any,
     ) -> None:
         self.upstream_port = upstream_port
@@ -106,6 +117,7 @@ class NginxProxy:
             http_listen=f"127.0.0.1:{self.http_port}",
             upstream=f"127.0.0.1:{upstream_port}",
             access_log=str(self.directory / "access.log"),
+            error_log=str(self.directory / "error.log"),
             acme_webroot=str(self.directory / "acme"),
         )
         self.settings = dataclasses.replace(base, **site_overrides)
@@ -113,7 +125,7 @@ class NginxProxy:
         self.site_path = self.directory / "vllm-gcp.conf"
         self.site_path.write_text(self.site_text)
         self.config_path = self.directory / "nginx.conf"
-        self.config_path.write_text(main_config(self.directory, self.site_path))
+        self.config_path.write_text(main_config(self.directory, self.site_path, **(main or {})))
         self._process: subprocess.Popen[bytes] | None = None
 
     def _command(self, *extra: str) -> list[str]:

@@ -3,7 +3,10 @@
 Serves GET /v1/models, POST /v1/chat/completions (plain, tool calls, and SSE streaming with
 usage in the last chunk when `stream_options.include_usage`), POST /v1/completions and
 POST /v1/embeddings. Every other path answers 200 too, as vLLM's unguarded routes (/metrics,
-/tokenize, /pause, ...) do, so a proxy that leaks them is caught; every request is recorded.
+/tokenize, /pause, ...) do, so a proxy that leaks them is caught. What reaches it is recorded
+twice: `arrivals` as soon as a request's header is read (whatever becomes of its body), and
+`requests` once its body is complete and it is answered; a body that ends early (the proxy closed
+the connection mid-body) is recorded in `aborted` and never answered, as uvicorn drops it.
 
 HTTP/1.1 with keep-alive, like uvicorn: responses carry Content-Length, streams are chunked.
 Generation speed: `stream_delay_s` before each streamed token; a non-streamed reply waits for
@@ -22,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-__all__ = ["OpenAIUpstream", "RecordedRequest"]
+__all__ = ["OpenAIUpstream", "RecordedArrival", "RecordedRequest"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,24 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     body: bytes
     client_port: int = 0  # the proxy's side of the connection: shows keep-alive reuse
+
+
+@dataclass(frozen=True)
+class RecordedArrival:
+    """A request's header, recorded before its body is read."""
+
+    method: str
+    path: str  # as received, with any query string
+    headers: dict[str, str]  # lower-case names
+    client_port: int = 0
+
+
+class _IncompleteBodyError(Exception):
+    """The connection ended before the body did."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the body ended after {received} bytes")
+        self.received = received
 
 
 class _Server(ThreadingHTTPServer):
@@ -65,25 +86,49 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def _read_body(self) -> bytes:
+        """The whole body, or _IncompleteBodyError where the connection ends first."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             parts: list[bytes] = []
+            received = 0
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line.endswith(b"\n"):
+                    raise _IncompleteBodyError(received)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+                    while (trailer := self.rfile.readline()) not in (b"\r\n", b"\n"):
+                        if not trailer:
+                            raise _IncompleteBodyError(received)
                     return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
+                part = self.rfile.read(size)
+                received += len(part)
+                if len(part) < size or not self.rfile.readline().endswith(b"\n"):
+                    raise _IncompleteBodyError(received)
+                parts.append(part)
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            raise _IncompleteBodyError(len(body))
+        return body
 
     def _handle(self) -> None:
         server = self.server
         if not isinstance(server, _Server):
             raise TypeError(f"served by {type(server).__name__}, not the stand-in's server")
         upstream = server.upstream
-        body = self._read_body()
+        arrival = RecordedArrival(
+            method=self.command,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            client_port=int(self.client_address[1]),
+        )
+        upstream.arrive(arrival)
+        try:
+            body = self._read_body()
+        except _IncompleteBodyError as error:
+            upstream.abort(arrival, error.received)
+            self.close_connection = True
+            return
         upstream.record(
             RecordedRequest(
                 method=self.command,
@@ -146,21 +191,30 @@ class _Handler(BaseHTTPRequestHandler):
 class OpenAIUpstream:
     """Context manager: the stand-in server running in a background thread."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 (each a knob of the stand-in)
         self,
         model: str = "test-model",
         tool_calls: bool = True,
         stream_delay_s: float = 0.0,
         tokens_per_reply: int = 16,
         api_key: str | None = None,
+        tool_call_stream: str = "deltas",
     ) -> None:
         self.model = model
         self.tool_calls = tool_calls
+        # How a streamed tool call arrives: "deltas" as vLLM's tool parsers stream it (the first
+        # delta with id, type and name, then the arguments in pieces), "text" as a parser that
+        # fails to stream it passes the raw `[TOOL_CALLS]name{...}` on as content (vllm#20028).
+        if tool_call_stream not in ("deltas", "text"):
+            raise ValueError(f"tool_call_stream must be deltas or text, not {tool_call_stream!r}")
+        self.tool_call_stream = tool_call_stream
         self.stream_delay_s = stream_delay_s
         self.tokens_per_reply = tokens_per_reply
         self.api_key = api_key  # where set, /v1/* wants this bearer token, as vLLM's --api-key
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._arrivals: list[RecordedArrival] = []
+        self._aborted: list[tuple[RecordedArrival, int]] = []
         self._tokens_sent = 0
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.upstream = self
@@ -191,6 +245,18 @@ class OpenAIUpstream:
             return list(self._requests)
 
     @property
+    def arrivals(self) -> list[RecordedArrival]:
+        """A copy of every request header received so far, oldest first, answered or not."""
+        with self._lock:
+            return list(self._arrivals)
+
+    @property
+    def aborted(self) -> list[tuple[RecordedArrival, int]]:
+        """Requests whose body ended early, with the body bytes received; never answered."""
+        with self._lock:
+            return list(self._aborted)
+
+    @property
     def tokens_sent(self) -> int:
         """Completion tokens emitted so far (streamed and not)."""
         with self._lock:
@@ -199,7 +265,17 @@ class OpenAIUpstream:
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._arrivals.clear()
+            self._aborted.clear()
             self._tokens_sent = 0
+
+    def arrive(self, arrival: RecordedArrival) -> None:
+        with self._lock:
+            self._arrivals.append(arrival)
+
+    def abort(self, arrival: RecordedArrival, received: int) -> None:
+        with self._lock:
+            self._aborted.append((arrival, received))
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -243,6 +319,12 @@ class OpenAIUpstream:
     def _tool_name(request: dict[str, Any]) -> str:
         return str(request["tools"][0]["function"]["name"])
 
+    @staticmethod
+    def _tool_arguments(request: dict[str, Any]) -> str:
+        """Arguments for the first tool: a stand-in string for each required parameter."""
+        parameters = request["tools"][0]["function"].get("parameters") or {}
+        return json.dumps({name: "stand-in" for name in parameters.get("required", [])})
+
     def chat_reply(self, request: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any]
         if self._wants_tool_call(request):
@@ -253,7 +335,10 @@ class OpenAIUpstream:
                     {
                         "id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}",
                         "type": "function",
-                        "function": {"name": self._tool_name(request), "arguments": "{}"},
+                        "function": {
+                            "name": self._tool_name(request),
+                            "arguments": self._tool_arguments(request),
+                        },
                     }
                 ],
             }
@@ -286,16 +371,28 @@ class OpenAIUpstream:
             }
 
         yield chunk({"role": "assistant", "content": ""})
-        if self._wants_tool_call(request):
+        if self._wants_tool_call(request) and self.tool_call_stream == "text":
+            arguments = self._tool_arguments(request)
+            self._count_tokens(self.tokens_per_reply)
+            yield chunk({"content": f"[TOOL_CALLS]{self._tool_name(request)}{arguments}"})
+            yield chunk({}, "stop")
+        elif self._wants_tool_call(request):
+            # As vLLM's serving layer streams a parser's DeltaToolCall (exclude_unset): the first
+            # delta names the call, the later ones carry only index and argument text.
             time.sleep(self.stream_delay_s)
-            call = {
+            arguments = self._tool_arguments(request)
+            first = {
                 "index": 0,
                 "id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}",
                 "type": "function",
-                "function": {"name": self._tool_name(request), "arguments": "{}"},
+                "function": {"name": self._tool_name(request), "arguments": ""},
             }
             self._count_tokens(self.tokens_per_reply)
-            yield chunk({"tool_calls": [call]})
+            yield chunk({"tool_calls": [first]})
+            middle = len(arguments) // 2
+            for piece in (arguments[:middle], arguments[middle:]):
+                time.sleep(self.stream_delay_s)
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
             yield chunk({}, "tool_calls")
         else:
             for token in self._tokens():

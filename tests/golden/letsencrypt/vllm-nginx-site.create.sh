@@ -4,6 +4,8 @@ VLLM_GCP_STEP_SCRIPT=$(cat <<'VLLM_GCP_STEP_SCRIPT_END'
 # Installs the vllm-gcp Nginx site (and its certificate and key, where given) from stdin, checks
 # the result with `nginx -t` and reloads Nginx. A configuration that fails the check is rolled
 # back, so the running proxy stays as it was, and the step fails with nginx's message.
+# It also sizes Nginx's workers in the distribution's nginx.conf, which the site cannot do (it is
+# included inside `http {}`): worker_connections (events {}) and worker_rlimit_nofile, in place.
 #
 # stdin: one line per file, "<name> <base64 of the content>"; names: site (required),
 # certificate, private_key. Nothing read from stdin is echoed: the site holds the API token.
@@ -167,6 +169,9 @@ readonly DEFAULT_SITE_ENABLED_PATH='/etc/nginx/sites-enabled/default'
 readonly CERTIFICATE_PATH='/etc/vllm-gcp/tls/server.crt'
 readonly CERTIFICATE_KEY_PATH='/etc/vllm-gcp/tls/server.key'
 readonly ACME_WEBROOT='/var/www/vllm-gcp-acme'
+readonly NGINX_CONF='/etc/nginx/nginx.conf'
+readonly WORKER_CONNECTIONS='8192'
+readonly WORKER_RLIMIT_NOFILE='16384'
 readonly RELOAD_SECONDS=120
 
 STAGING_DIR="$(mktemp -d)"
@@ -213,6 +218,7 @@ managed_paths() {
   done
   echo "$SITE_ENABLED_PATH"
   echo "$DEFAULT_SITE_ENABLED_PATH"
+  echo "$NGINX_CONF"
 }
 
 backup_managed_paths() {
@@ -254,6 +260,28 @@ install_staged_files() {
   (umask 022 && mkdir -p -- "$ACME_WEBROOT")
 }
 
+readonly NUMBER='[0-9]+'
+
+# Checked before anything is installed: a failure then leaves the host as it was.
+require_sizable_nginx_conf() {
+  if ! grep -Eq "^[[:space:]]*worker_connections[[:space:]]+$NUMBER;" "$NGINX_CONF"; then
+    fail "$NGINX_CONF has no 'worker_connections N;' line in its events block to size"
+  fi
+}
+
+# Slow clients hold a worker connection each until client_header_timeout: the distribution's
+# 768 per worker is raised, and each worker may open a file per connection and as many again.
+size_nginx_workers() {
+  doing "sizing Nginx's workers in $NGINX_CONF"
+  sed -E -i "s/^([[:space:]]*)worker_connections[[:space:]]+$NUMBER;/\1worker_connections $WORKER_CONNECTIONS;/" "$NGINX_CONF"
+  if grep -Eq "^[[:space:]]*worker_rlimit_nofile[[:space:]]+$NUMBER;" "$NGINX_CONF"; then
+    sed -E -i "s/^([[:space:]]*)worker_rlimit_nofile[[:space:]]+$NUMBER;/\1worker_rlimit_nofile $WORKER_RLIMIT_NOFILE;/" "$NGINX_CONF"
+  else
+    sed -i "1i worker_rlimit_nofile $WORKER_RLIMIT_NOFILE;" "$NGINX_CONF"
+  fi
+  log "nginx workers: $WORKER_CONNECTIONS connections, $WORKER_RLIMIT_NOFILE files each"
+}
+
 # Called by the library's trap when the step's limit stops it: files not yet checked go back.
 on_stop() {
   if $unchecked; then
@@ -283,8 +311,10 @@ reload_nginx() {
 main() {
   step_begin "configure proxy" stderr
   read_files_from_stdin
+  require_sizable_nginx_conf
   backup_managed_paths
   install_staged_files
+  size_nginx_workers
   check_or_roll_back
   reload_nginx
 }
