@@ -156,7 +156,6 @@ else:
             load_balancer_address=network.endpoint_address,
             proxy_subnet_cidr=stack.fleet.proxy_subnet_cidr,
             api_cidrs=stack.access.api_cidrs,
-            certificate=certificate,
         ),
         pulumi.ResourceOptions(depends_on=[*services.services, *mirror.grants]),
     )

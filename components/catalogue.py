@@ -20,7 +20,9 @@ DEFAULT_HOST_IMAGE = (
 VLLM_IMAGE_REPOSITORY = "vllm/vllm-openai"
 # v0.32.0 is the newest release found in public sources (vllm-project/vllm-omni v0.32.0 "aligns
 # with vLLM 0.32.0"; gpustack/runner v0.1.31.post4 "vLLM 0.32.0 ... published on CUDA 13.0/12.9";
-# both October 2026); no later tag could be found. No advisory below names it (test_catalogue).
+# both October 2026). PyPI has vllm 0.33.0 (November 2026), with no image tag found for it yet:
+# the default moves once the tag, its advisories and `vllm-gcp check-vllm` say it can. No
+# advisory below names 0.32.0 (test_catalogue).
 DEFAULT_VLLM_IMAGE = f"{VLLM_IMAGE_REPOSITORY}:v0.32.0"
 # "After v0.20.0, default wheel/docker nightly version is cu130" (vllm-project/vllm#42738, a
 # maintainer); from then the plain tags are CUDA 13 and `-cu129` tags carry CUDA 12.9
@@ -447,9 +449,11 @@ MODEL_FAMILIES: tuple[ModelFamily, ...] = (
     ),
 )
 
-# Tool-call parsers vLLM registers (`_TOOL_PARSERS_TO_REGISTER` in vllm/tool_parsers/__init__.py,
-# formerly vllm/entrypoints/openai/tool_parsers; newest stored version, commit 0064cc9c), for the
-# did-you-mean. `qwen3_coder` and `qwen3_xml` there name the same parser class.
+# Tool-call parsers the default image's vLLM (0.32.0) registers: `ToolParserManager.
+# list_registered()` (vllm/tool_parsers/abstract_tool_parser.py) in the 0.32.0 wheel, which
+# `vllm-gcp check-vllm` compares with this set. The stored main-branch source (commit 0064cc9c,
+# `_TOOL_PARSERS_TO_REGISTER`) also names solar_open2, which 0.32.0 does not register. For the
+# did-you-mean; `qwen3_coder` and `qwen3_xml` name the same parser class.
 TOOL_CALL_PARSERS = frozenset(
     {
         "apertus",
@@ -459,6 +463,8 @@ TOOL_CALL_PARSERS = frozenset(
         "deepseek_v31",
         "deepseek_v32",
         "deepseek_v4",
+        "deepseek_v41",
+        "dots",
         "ernie45",
         "functiongemma",
         "gemma4",
@@ -469,14 +475,18 @@ TOOL_CALL_PARSERS = frozenset(
         "granite-20b-fc",
         "granite4",
         "hermes",
+        "hf",
         "hunyuan_a13b",
         "hy_v3",
+        "hy_v4",
         "inkling",
         "internlm",
         "jamba",
+        "k2_horizon",
         "kimi_k2",
         "kimi_k3",
         "lfm2",
+        "ling3",
         "llama3_json",
         "llama4_json",
         "llama4_pythonic",
@@ -486,15 +496,17 @@ TOOL_CALL_PARSERS = frozenset(
         "minimax_m2",
         "minimax_m3",
         "mistral",
+        "muse_glimmer",
         "olmo3",
         "openai",
         "phi4_mini_json",
+        "plamo3",
         "poolside_v1",
         "pythonic",
         "qwen3_coder",
+        "qwen3_json",
         "qwen3_xml",
         "seed_oss",
-        "solar_open2",
         "step3",
         "step3p5",
         "xlam",

@@ -98,6 +98,36 @@ class ElasticApiError(Exception):
     """A failed call to Kibana or Elasticsearch: the message names the cause, no credential."""
 
 
+def verify_or_delete(
+    verify: Callable[[], None],
+    delete: Callable[[], None],
+    what: str,
+    error_type: type[ElasticApiError],
+) -> None:
+    """A create is all or nothing: when the verification of what it made fails, that goes again
+    (the next `pulumi up` creates and verifies anew), and the failure is raised."""
+    try:
+        verify()
+    except ElasticApiError as failure:
+        try:
+            delete()
+        except ElasticApiError as cleanup:
+            raise error_type(
+                f"{failure}\n(Deleting the unverified {what} failed too: {cleanup})"
+            ) from None
+        raise
+
+
+def refresh_kept_message(subject: str, product: str, failure: ElasticApiError) -> str:
+    """The warning of a refresh that could not read its resource: unreachable, refusing the key,
+    answering 5xx says nothing about the resource, so the refresh keeps what the state knows
+    rather than failing `pulumi up` over a resource it may not even change."""
+    return (
+        f"{subject}: refresh could not read it from {product}, so its state is kept unchanged "
+        f"(the next refresh checks again). Cause: {failure}"
+    )
+
+
 def classify(report: str) -> Cause:
     """What a product's report of a failed call to the model points at, trust first."""
     upper = report.upper()

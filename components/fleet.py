@@ -26,7 +26,6 @@ import pulumi_tls as tls
 from pulumi_command import local
 
 from components import render
-from components.certificates import ServerCertificate
 from components.config import FleetConfig, HostConfig, ModelConfig
 from components.credentials import secrets_env_output
 from components.host import BOOT_DISK_TYPE, nic_type, pinned_boot_image, scheduling
@@ -74,6 +73,12 @@ HOST_SETUP_TIMEOUT_MINUTES = 30
 # removal, zone after zone.
 ROLLOUT_DEADLINE_SECONDS = 2 * 3600
 ROLLOUT_SCRIPT = "fleet_rollout.sh"
+# The replicas' own certificate, for the load balancer's HTTPS to them. The load balancer checks
+# neither its issuer nor its names nor its dates ("Encryption from the load balancer to the
+# backends", load-balancing/docs/ssl-certificates/encryption-to-the-backends), and presents the
+# stack's certificate to clients itself (components/load_balancer.py): so this one never renews,
+# and a renewal of the stack's certificate rolls no replica.
+BACKEND_CERTIFICATE_VALIDITY_HOURS = 20 * 365 * 24
 _NAME = re.compile(r"[^a-z0-9-]+")
 
 
@@ -118,7 +123,6 @@ class FleetArgs:
     load_balancer_address: pulumi.Output[str]  # components/network.py
     proxy_subnet_cidr: str  # where the load balancer's proxies come from: Nginx trusts only them
     api_cidrs: Sequence[str]
-    certificate: ServerCertificate  # the replicas' Nginx serves it to the load balancer
 
 
 class Fleet(pulumi.ComponentResource):
@@ -146,7 +150,25 @@ class Fleet(pulumi.ComponentResource):
             secrets_env_output(args.api_key, args.hugging_face_token),
             args,
         )
-        proxy_version = self._secret(name, "proxy", self._proxy_bundle(args), args)
+        backend_key = tls.PrivateKey(
+            f"{name}-backend-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child
+        )
+        backend_certificate = tls.SelfSignedCert(
+            f"{name}-backend-cert",
+            private_key_pem=backend_key.private_key_pem,
+            subject=tls.SelfSignedCertSubjectArgs(
+                common_name=f"vllm-gcp {stack} replica", organization="vllm-gcp"
+            ),
+            validity_period_hours=BACKEND_CERTIFICATE_VALIDITY_HOURS,
+            allowed_uses=["digital_signature", "server_auth"],
+            opts=child,
+        )
+        proxy_bundle = self._proxy_bundle(
+            args,
+            backend_certificate.cert_pem,
+            pulumi.Output.secret(backend_key.private_key_pem),
+        )
+        proxy_version = self._secret(name, "proxy", proxy_bundle, args)
 
         metadata = self._metadata(args, env_version, proxy_version)
         metadata["ssh-keys"] = ssh_key.public_key_openssh.apply(
@@ -221,7 +243,7 @@ class Fleet(pulumi.ComponentResource):
                     name="current", instance_template=template.self_link
                 )
             ],
-            target_size=args.fleet.initial_size,
+            target_size=args.fleet.size,
             distribution_policy_zones=list(args.zones),
             distribution_policy_target_shape=TARGET_SHAPES[args.fleet.target_shape],
             named_ports=[
@@ -250,11 +272,7 @@ class Fleet(pulumi.ComponentResource):
             ),
             # fleet_rollout.sh waits, and says which replica is not ready and why.
             wait_for_instances=False,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                # An autoscaler owns the size of an autoscaled group (components/observability).
-                ignore_changes=["targetSize"] if args.fleet.autoscaled else None,
-            ),
+            opts=child,
         )
         self.instance_group = group.instance_group
         self.group_name = group.name
@@ -278,7 +296,7 @@ class Fleet(pulumi.ComponentResource):
             interpreter=["bash", "-c"],
             add_previous_output_in_env=False,
             # A new template or size is a new rollout to wait for.
-            triggers=[template.self_link, args.fleet.initial_size],
+            triggers=[template.self_link, args.fleet.size],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[group]),
         )
 
@@ -324,10 +342,11 @@ class Fleet(pulumi.ComponentResource):
         return version.name
 
     @staticmethod
-    def _proxy_bundle(args: FleetArgs) -> pulumi.Output[str]:
+    def _proxy_bundle(
+        args: FleetArgs, certificate: pulumi.Output[str], private_key: pulumi.Output[str]
+    ) -> pulumi.Output[str]:
         """What the proxy step reads on stdin: the Nginx site, the certificate and its key."""
         api_cidrs = list(args.api_cidrs)
-        served = args.certificate.pem_pair()
         values_in = (args.api_key, args.endpoint_host, args.load_balancer_address)
         site = pulumi.Output.all(*values_in).apply(
             lambda values: nginx_site(
@@ -345,7 +364,7 @@ class Fleet(pulumi.ComponentResource):
             )
         )
         return pulumi.Output.secret(
-            pulumi.Output.all(site, served.certificate, served.private_key).apply(
+            pulumi.Output.all(site, certificate, private_key).apply(
                 lambda files: file_bundle(
                     {"site": files[0], "certificate": files[1], "private_key": files[2]}
                 )

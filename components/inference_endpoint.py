@@ -45,6 +45,8 @@ from components.elastic_api import (
     error_text,
     is_transient,
     read_events,
+    refresh_kept_message,
+    verify_or_delete,
     with_retries,
 )
 
@@ -293,17 +295,12 @@ class InferenceEndpointProvider(pulumi.dynamic.ResourceProvider):
         except _AlreadyExists:
             self._adopt(client, props)
         if props.get("verify"):
-            try:
-                self._verify(client, props)
-            except ElasticApiError as failure:
-                # All or nothing: the next `pulumi up` creates and verifies again.
-                try:
-                    client.delete(inference_id)
-                except ElasticApiError as cleanup:
-                    raise ElasticsearchApiError(
-                        f"{failure}\n(Deleting the unverified endpoint failed too: {cleanup})"
-                    ) from None
-                raise
+            verify_or_delete(
+                lambda: self._verify(client, props),
+                lambda: client.delete(inference_id),
+                "endpoint",
+                ElasticsearchApiError,
+            )
         return pulumi.dynamic.CreateResult(inference_id, self._outputs(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
@@ -312,14 +309,10 @@ class InferenceEndpointProvider(pulumi.dynamic.ResourceProvider):
         try:
             live = client.get(id_)
         except ElasticApiError as failure:
-            # Unreachable, refusing the key, answering 5xx: nothing about the endpoint, so the
-            # refresh keeps the state (pulumi.log.warn prints "warning: ..." in the provider
-            # process, which the engine shows as a diagnostic).
+            # pulumi.log.warn prints "warning: ..." in the provider process (kibana_connector.py).
+            subject = f"Inference endpoint {id_}"
             pulumi.log.warn(
-                client.redacted(
-                    f"Inference endpoint {id_}: refresh could not read it from Elasticsearch, so "
-                    f"its state is kept unchanged (the next refresh checks again). Cause: {failure}"
-                )
+                client.redacted(refresh_kept_message(subject, "Elasticsearch", failure))
             )
             return pulumi.dynamic.ReadResult(id_, self._kept(props))
         if live is None:

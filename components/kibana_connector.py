@@ -44,6 +44,8 @@ from components.elastic_api import (
     Product,
     classify,
     is_transient,
+    refresh_kept_message,
+    verify_or_delete,
     with_retries,
 )
 
@@ -270,17 +272,12 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
             # Ours from an earlier run whose state was lost: the id derives from this stack.
             self._adopt(client, props)
         if props.get("verify"):
-            try:
-                self._verify(client, props)
-            except KibanaApiError as failure:
-                # Create is all or nothing: the next `pulumi up` creates and verifies again.
-                try:
-                    client.delete(connector_id)
-                except KibanaApiError as cleanup:
-                    raise KibanaApiError(
-                        f"{failure}\n(Deleting the unverified connector failed too: {cleanup})"
-                    ) from None
-                raise
+            verify_or_delete(
+                lambda: self._verify(client, props),
+                lambda: client.delete(connector_id),
+                "connector",
+                KibanaApiError,
+            )
         return pulumi.dynamic.CreateResult(connector_id, self._outputs(props))
 
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
@@ -289,17 +286,12 @@ class KibanaConnectorProvider(pulumi.dynamic.ResourceProvider):
         try:
             live = client.get(id_)
         except KibanaApiError as failure:
-            # Unreachable, refusing the key (401/403), answering 5xx: that says nothing about the
-            # connector, so the refresh keeps what the state knows instead of failing `pulumi up`
-            # over a resource it may not even change. In the provider process pulumi.log.warn has
-            # no engine and prints "warning: ..." to stderr, which the engine shows as a
-            # diagnostic (pulumi sdk/go/common/resource/plugin/plugin.go). The message is
-            # KibanaClient's, which holds no credential; redacted again all the same.
+            # In the provider process pulumi.log.warn has no engine and prints "warning: ..." to
+            # stderr, which the engine shows as a diagnostic (pulumi
+            # sdk/go/common/resource/plugin/plugin.go). The message is KibanaClient's, which holds
+            # no credential; redacted again all the same.
             pulumi.log.warn(
-                client.redacted(
-                    f"Kibana connector {id_}: refresh could not read it from Kibana, so its "
-                    f"state is kept unchanged (the next refresh checks again). Cause: {failure}"
-                )
+                client.redacted(refresh_kept_message(f"Kibana connector {id_}", "Kibana", failure))
             )
             return pulumi.dynamic.ReadResult(id_, self._kept(props))
         if live is None:

@@ -1,8 +1,9 @@
 """A fleet's regional Application Load Balancer: HTTPS on 443 with the stack's certificate.
 
 External managed in public exposure, internal managed in private exposure (clients in the VPC),
-both regional and Envoy-based: they stream answers through as the replicas write them. Requests
-go to the replica with the fewest in flight (LEAST_REQUEST: LLM requests are long and uneven),
+both regional and Envoy-based: they stream answers through as the replicas write them. Within a
+zone, requests go to the replica with the fewest in flight (LEAST_REQUEST: LLM requests are long
+and uneven; across zones the backend's balancing mode decides),
 wait up to 900 s for an answer (the backend service's default is 30 s), and reach each replica's
 Nginx over HTTPS, which checks the token, the routes and access.apiCidrs again with the client's
 address (the load balancer is not trusted to filter: components/host_bundle.py,
@@ -54,18 +55,22 @@ class LoadBalancer(pulumi.ComponentResource):
         super().__init__("vllm-gcp:load_balancer:LoadBalancer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         scheme = "INTERNAL_MANAGED" if args.private else "EXTERNAL_MANAGED"
+        # Named by scheme: the scheme of a backend service and a forwarding rule is ForceNew, and
+        # a URL map or proxy cannot serve both at once, so a change of network.exposure builds the
+        # other load balancer whole and then deletes this one.
+        prefix = f"{name}-{'internal' if args.private else 'external'}"
 
         served = args.certificate.pem_pair()
         # Auto-named: a renewed certificate is a new one, attached before the old one goes.
         certificate = gcp.compute.RegionSslCertificate(
-            f"{name}-certificate",
+            f"{prefix}-certificate",
             region=args.region,
             certificate=served.certificate,
             private_key=served.private_key,
             opts=child,
         )
         health_check = gcp.compute.RegionHealthCheck(
-            f"{name}-health",
+            f"{prefix}-health",
             region=args.region,
             check_interval_sec=10,
             timeout_sec=5,
@@ -77,7 +82,7 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=child,
         )
         self.backend_service = gcp.compute.RegionBackendService(
-            f"{name}-backend",
+            f"{prefix}-backend",
             region=args.region,
             load_balancing_scheme=scheme,
             protocol="HTTPS",
@@ -97,13 +102,13 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.group_ready]),
         )
         url_map = gcp.compute.RegionUrlMap(
-            f"{name}-url-map",
+            f"{prefix}-url-map",
             region=args.region,
             default_service=self.backend_service.id,
             opts=child,
         )
         proxy = gcp.compute.RegionTargetHttpsProxy(
-            f"{name}-https-proxy",
+            f"{prefix}-https-proxy",
             region=args.region,
             url_map=url_map.id,
             ssl_certificates=[certificate.id],
@@ -111,7 +116,7 @@ class LoadBalancer(pulumi.ComponentResource):
         )
         depends_on = [args.proxy_subnet] if args.proxy_subnet is not None else None
         self.forwarding_rule = gcp.compute.ForwardingRule(
-            f"{name}-https",
+            f"{prefix}-https",
             region=args.region,
             load_balancing_scheme=scheme,
             ip_protocol="TCP",
@@ -121,7 +126,11 @@ class LoadBalancer(pulumi.ComponentResource):
             network=args.vpc,
             subnetwork=args.subnetwork if args.private else None,
             network_tier=None if args.private else "STANDARD",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+            # Every property but the target is ForceNew (resource_compute_forwarding_rule.go),
+            # and a second rule cannot take the same address and port: the old one goes first.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=depends_on, delete_before_replace=True
+            ),
         )
         self.register_outputs(
             {

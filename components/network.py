@@ -91,8 +91,9 @@ class Network(pulumi.ComponentResource):
             network_ref = net.vpc
         self.vpc = pulumi.Output.from_input(network_ref)
 
+        own_subnet: gcp.compute.Subnetwork | None = None
         if net.subnet is None:
-            subnet = gcp.compute.Subnetwork(
+            subnet = own_subnet = gcp.compute.Subnetwork(
                 f"{name}-subnet",
                 network=network_ref,
                 region=args.region,
@@ -111,7 +112,7 @@ class Network(pulumi.ComponentResource):
         if args.fleet is None:
             self._host_addresses(name, args, child)
         else:
-            self._load_balancer_addresses(name, args, network_ref, own_vpc is not None, child)
+            self._load_balancer_addresses(name, args, network_ref, own_vpc, own_subnet, child)
         endpoint = self.external_address or self.internal_address
         if endpoint is None:
             raise ValueError("the network made no address for the endpoint")
@@ -176,12 +177,13 @@ class Network(pulumi.ComponentResource):
             # internet; the site on 80 only answers challenges and redirects to HTTPS.
             self._ingress(name, "allow-acme-http", network_ref, ACME_HTTP_PORT, [ALL_IPV4], child)
 
-    def _load_balancer_addresses(
+    def _load_balancer_addresses(  # noqa: PLR0913, PLR0917 (what the network made so far)
         self,
         name: str,
         args: NetworkArgs,
         network_ref: pulumi.Input[str],
-        own_vpc: bool,
+        own_vpc: gcp.compute.Network | None,
+        own_subnet: gcp.compute.Subnetwork | None,
         child: pulumi.ResourceOptions,
     ) -> None:
         """A fleet's load balancer address, its proxy-only subnet, the replicas' firewall and
@@ -189,9 +191,11 @@ class Network(pulumi.ComponentResource):
         fleet, net = args.fleet, args.network
         if fleet is None:
             raise ValueError("a fleet's addresses need vllm-gcp:fleet")
-        if own_vpc:
+        if own_vpc is not None:
             # One active proxy-only subnet per region and VPC: in an existing VPC the stack uses
-            # the one it has, whose range fleet.proxySubnetCidr names (the README says so).
+            # the one it has, whose range fleet.proxySubnetCidr names (the README says so). For
+            # the same reason a new range (ip_cidr_range is ForceNew unless it grows:
+            # resource_compute_subnetwork.go, IsShrinkageIpCidr) deletes the old one first.
             self.proxy_subnet = gcp.compute.Subnetwork(
                 f"{name}-proxy-only-subnet",
                 network=network_ref,
@@ -199,7 +203,7 @@ class Network(pulumi.ComponentResource):
                 ip_cidr_range=fleet.proxy_subnet_cidr,
                 purpose="REGIONAL_MANAGED_PROXY",
                 role="ACTIVE",
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
             )
         self.internal_address = self.external_address = None
         if net.private:
@@ -216,8 +220,8 @@ class Network(pulumi.ComponentResource):
             )
             self.internal_address = internal.address
         else:
-            # A regional external Application Load Balancer's forwarding rule takes a Standard
-            # Tier address: it "uses only the Standard Network Tier" (load-balancing/pricing).
+            # Standard Tier: the load balancer is regional, and so is its traffic; Standard is the
+            # cheaper tier for it (load-balancing/pricing).
             external = gcp.compute.Address(
                 f"{name}-lb-external-ip",
                 address_type="EXTERNAL",
@@ -227,7 +231,15 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
             self.external_address = external.address
-            self._cloud_nat(name, args.region, network_ref, child)
+            if own_subnet is not None:
+                self._cloud_nat(name, args.region, network_ref, own_subnet, child)
+            else:
+                pulumi.log.warn(
+                    f"vllm-gcp:network.subnet {net.subnet} is not the stack's own: the stack adds "
+                    "no Cloud NAT to it. The fleet's replicas have no external IP, so the subnet "
+                    "needs a way out (Cloud NAT) to pull the vLLM image and the weights",
+                    resource=self,
+                )
         # The load balancer's proxies (from the proxy-only subnet) and the health checkers reach
         # the replicas' Nginx; clients reach only the load balancer, which Nginx filters again.
         sources = [fleet.proxy_subnet_cidr, *HEALTH_CHECK_RANGES]
@@ -235,8 +247,15 @@ class Network(pulumi.ComponentResource):
         self._ingress(name, "allow-ssh", network_ref, SSH_PORT, args.access.ssh_cidrs, child)
 
     def _cloud_nat(
-        self, name: str, region: str, network_ref: pulumi.Input[str], child: pulumi.ResourceOptions
+        self,
+        name: str,
+        region: str,
+        network_ref: pulumi.Input[str],
+        subnet: gcp.compute.Subnetwork,
+        child: pulumi.ResourceOptions,
     ) -> None:
+        """Cloud NAT for the stack's subnet only: a gateway for all of a VPC's subnets would take
+        other teams' subnets in an existing VPC, and conflicts with any other gateway there."""
         router = gcp.compute.Router(
             f"{name}-router",
             network=network_ref,
@@ -249,9 +268,12 @@ class Network(pulumi.ComponentResource):
             router=router.name,
             region=region,
             nat_ip_allocate_option="AUTO_ONLY",
-            source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
-            # Image and weight downloads are long: keep established connections a while.
-            tcp_established_idle_timeout_sec=1200,
+            source_subnetwork_ip_ranges_to_nat="LIST_OF_SUBNETWORKS",
+            subnetworks=[
+                gcp.compute.RouterNatSubnetworkArgs(
+                    name=subnet.self_link, source_ip_ranges_to_nats=["ALL_IP_RANGES"]
+                )
+            ],
             log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
             opts=child,
         )

@@ -13,7 +13,7 @@ from tests.harness import ROOT
 from tools.standins.nginx import free_port
 
 VLLM_GCP = ROOT / "venv" / "bin" / "vllm-gcp"
-COMMANDS = ["plan", "smoke", "bench", "e2e"]
+COMMANDS = ["plan", "smoke", "bench", "e2e", "check-vllm"]
 
 
 def _vllm_gcp(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +41,7 @@ def _listed_commands(help_text: str) -> list[str]:
     return listed
 
 
-def test_help_lists_the_four_commands_one_line_each(tmp_path: Path) -> None:
+def test_help_lists_every_command_one_line_each(tmp_path: Path) -> None:
     result = _vllm_gcp("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: vllm-gcp ")
@@ -75,6 +75,7 @@ def test_a_missing_or_unknown_command_exits_2_with_the_usage(
         ("smoke", ["--stack", "--endpoint", "--api-key", "--ca-cert", "--timeout"]),
         ("bench", ["--stack", "--endpoint", "--concurrency", "--duration", "--json"]),
         ("e2e", ["GCP_PROJECT", "SSH_CIDR", "VLLM_GCP"]),
+        ("check-vllm", ["STACK", "--set", "--release", "--print", "VLLM_GCP_CACHE"]),
     ],
 )
 def test_each_command_shows_its_own_help(command: str, options: list[str], tmp_path: Path) -> None:

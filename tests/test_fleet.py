@@ -86,7 +86,7 @@ def test_a_fleet_plans_a_group_and_a_load_balancer_and_no_vm_or_ssh_step(public:
     assert [r.name for r in public.of_type(LOCAL_COMMAND)] == ["vllm-rollout"]
     assert sorted(r.name for r in public.of_type(HEALTH_CHECK)) == [
         "vllm-autohealing",
-        "vllm-health",
+        "vllm-external-health",
     ]
 
 
@@ -102,7 +102,7 @@ def test_the_template_holds_the_bundle_and_no_secret(public: Plan) -> None:
     }
     assert not any(is_secret_value(value) for value in template.inputs["metadata"].values())
     text = "\n".join(plain_strings(template.inputs))
-    for secret in (MOCK_API_KEY, MOCK_HF_TOKEN, MOCK_TLS_KEY):
+    for secret in (MOCK_API_KEY, MOCK_HF_TOKEN, MOCK_TLS_KEY, "PRIVATE KEY"):
         assert secret not in text
     assert "--tunnel" not in text
     # The boot script names the two secret versions it reads, and nothing else of them.
@@ -120,7 +120,9 @@ def test_the_secrets_live_in_secret_manager_as_secret_versions(public: Plan) -> 
     assert f"HF_TOKEN={MOCK_HF_TOKEN}" in env.splitlines()
     proxy = bundle(unwrap(versions["vllm-proxy-secret-version"]))
     assert set(proxy) == {"site", "certificate", "private_key"}
+    # The replicas' own long-lived certificate: not the stack's, which renews.
     assert proxy["private_key"] == MOCK_TLS_KEY
+    assert proxy["certificate"] == unwrap(public.named("vllm-backend-cert").outputs["certPem"])
     assert f"Bearer {MOCK_API_KEY}" in proxy["site"].replace("\\", "")
 
 
@@ -160,14 +162,8 @@ def test_the_group_rolls_new_replicas_in_before_old_ones_go(public: Plan) -> Non
     assert inputs["versions"] == [
         {"name": "current", "instanceTemplate": public.one(TEMPLATE).outputs["selfLink"]}
     ]
+    # Nothing else changes the group's size: no field is left to drift.
     assert tuple(group.options.ignore_changes) == ()
-
-
-def test_an_autoscaled_group_leaves_its_size_to_the_autoscaler() -> None:
-    plan = fleet_plan({"vllm-gcp:fleet": {"replicas": None, "minReplicas": 1, "maxReplicas": 3}})
-    group = plan.one(GROUP)
-    assert group.plain["targetSize"] == 1
-    assert tuple(group.options.ignore_changes) == ("targetSize",)
 
 
 def test_the_rollout_waits_on_each_new_template_and_the_backend_on_the_rollout(
@@ -181,6 +177,24 @@ def test_the_rollout_waits_on_each_new_template_and_the_backend_on_the_rollout(
     assert "wait-until --stable" in script
     backend = public.one(BACKEND)
     assert any(urn.endswith("::vllm-rollout") for urn in backend.options.dependencies)
+
+
+def test_what_cannot_exist_twice_goes_before_its_replacement(public: Plan) -> None:
+    rule = public.one(FORWARDING_RULE)
+    proxy_only = public.named("vllm-proxy-only-subnet")
+    assert rule.options.delete_before_replace
+    assert proxy_only.options.delete_before_replace
+
+
+def test_a_renewal_of_the_stacks_certificate_reaches_the_load_balancer_only(public: Plan) -> None:
+    # The load balancer presents the stack's certificate; the replicas serve their own.
+    ssl = public.one("gcp:compute/regionSslCertificate:RegionSslCertificate")
+    stack_certificate = public.named("vllm-server-cert").outputs["certPem"]
+    assert unwrap(ssl.inputs["certificate"]) == unwrap(stack_certificate)
+    version = unwrap(public.named("vllm-proxy-secret-version").inputs["secretData"])
+    assert unwrap(stack_certificate) not in bundle(version)["certificate"]
+    backend = public.named("vllm-backend-cert").plain
+    assert backend["validityPeriodHours"] >= 10 * 365 * 24
 
 
 def test_the_load_balancer_waits_900_seconds_and_balances_by_requests(public: Plan) -> None:
@@ -209,7 +223,15 @@ def test_public_replicas_are_reached_from_the_proxies_and_health_checkers_only(
     # No external IP on a replica; Cloud NAT is their way out.
     interfaces = public.one(TEMPLATE).plain["networkInterfaces"]
     assert not any(i.get("accessConfigs") for i in interfaces)
-    assert len(public.of_type("gcp:compute/routerNat:RouterNat")) == 1
+    # Cloud NAT for the stack's own subnet, not every subnet of the VPC.
+    nat = public.one("gcp:compute/routerNat:RouterNat").plain
+    assert nat["sourceSubnetworkIpRangesToNat"] == "LIST_OF_SUBNETWORKS"
+    assert nat["subnetworks"] == [
+        {
+            "name": "https://compute/subnetworks/vllm-subnet",
+            "sourceIpRangesToNats": ["ALL_IP_RANGES"],
+        }
+    ]
 
 
 def test_a_private_fleet_has_an_internal_load_balancer_and_no_way_out(private: Plan) -> None:
@@ -236,6 +258,14 @@ def test_the_outputs_name_the_load_balancer_and_the_group(public: Plan) -> None:
     assert "sshPrivateKey" in public.secret_outputs
 
 
+def test_an_existing_subnet_gets_no_nat_and_a_warning() -> None:
+    plan = fleet_plan(
+        {"vllm-gcp:network": {"vpc": "projects/p/global/networks/shared", "subnet": "team-a"}}
+    )
+    assert plan.of_type("gcp:compute/routerNat:RouterNat") == []
+    assert any("adds no Cloud NAT" in warning for warning in plan.warnings)
+
+
 def test_replicas_receive_the_single_vms_files_but_for_what_delivery_needs(public: Plan) -> None:
     names = secret_names(StackInput(config={}))
     single = host_files(run_program(stack_config("prod"), stack="prod", secrets=HF_SECRET), names)
@@ -252,8 +282,6 @@ def test_replicas_receive_the_single_vms_files_but_for_what_delivery_needs(publi
     }.items():
         script = fleet[f"vllm-template.{attribute}.sh"]
         assert f"\n{script.rstrip()}\n" in single[f"{step}.create.sh"], attribute
-    for part in (".crt", ".key"):
-        assert fleet[f"vllm-proxy-secret-version{part}"] == single[f"vllm-nginx-site{part}"]
     # The site: the single VM's lines, in order, and the load balancer's added.
     single_site = single["vllm-nginx-site.conf"].splitlines()
     fleet_site = fleet["vllm-proxy-secret-version.conf"].splitlines()
@@ -264,5 +292,6 @@ def test_replicas_receive_the_single_vms_files_but_for_what_delivery_needs(publi
         f'set_real_ip_from "{PROXY_SUBNET}";',
         f'set_real_ip_from "{MOCK_PUBLIC_IP}/32";',
         f'location = "{HEALTH_PATH}" {{',
+        "keepalive_timeout 620s;",
         *(f'allow "{cidr}";' for cidr in (PROXY_SUBNET, *HEALTH_CHECK_RANGES)),
     } <= added

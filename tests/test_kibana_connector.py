@@ -32,7 +32,8 @@ from components.kibana_connector import (
 )
 from tests.harness import ROOT
 from tests.provider_process import in_provider_thread, load_sdk_dynamic_main
-from tools.standins.kibana import StandInKibana, tls_context
+from tools.standins.elastic_server import tls_context
+from tools.standins.kibana import StandInKibana
 from tools.standins.pki import Pki, loopback_pki
 
 KIBANA_KEY = "a2liYW5hLWtleS1pZDpraWJhbmEta2V5LXNlY3JldA=="

@@ -4,6 +4,7 @@
     vllm-gcp smoke --stack dev                # the smoke test (tools/smoke_test.py)
     vllm-gcp bench --stack prod               # the load benchmark (tools/bench.py)
     vllm-gcp e2e                              # the end-to-end run (tools/e2e.sh)
+    vllm-gcp check-vllm prod                  # the pinned vLLM's parser (tools/check_vllm.py)
 
 Each command parses its own options (`vllm-gcp COMMAND --help`); this module only picks the
 command, and its exit code is the command's. A command's module is imported only when it runs,
@@ -49,6 +50,12 @@ def _bench(argv: list[str], prog: str) -> int:
     return bench.main(argv, prog=prog)
 
 
+def _check_vllm(argv: list[str], prog: str) -> int:
+    from tools import check_vllm  # noqa: PLC0415 (imported when run)
+
+    return check_vllm.main(argv, prog=prog)
+
+
 def _e2e(argv: list[str], prog: str) -> int:
     """Replaces this process with tools/e2e.sh: its exit code and signals are the run's own."""
     bash = shutil.which("bash")
@@ -69,6 +76,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "bench": Command("load-benchmark a deployed endpoint through its proxy", _bench),
     "e2e": Command("deploy a short-lived dev stack, smoke-test it, destroy it (needs GCP)", _e2e),
+    "check-vllm": Command(
+        "check the vLLM command line with the pinned vLLM release's own parser", _check_vllm
+    ),
 }
 
 

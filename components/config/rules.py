@@ -388,6 +388,15 @@ def _check_fleet_size(fleet: FleetConfig) -> list[Problem]:
     low, high = fleet.min_replicas, fleet.max_replicas
     if low is not None and high is not None and low > high:
         return [Problem(f"{key}.minReplicas", f"{low} is above maxReplicas {high}")]
+    if fleet.autoscaled:
+        # Nothing would scale the group yet: refused rather than a size that silently stays.
+        return [
+            Problem(
+                f"{key}.minReplicas",
+                "this version has no autoscaler: the group would stay at minReplicas and "
+                "maxReplicas would do nothing; set fleet.replicas instead",
+            )
+        ]
     return []
 
 

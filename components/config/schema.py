@@ -254,9 +254,9 @@ class FleetConfig(Section):
         return self.min_replicas is not None or self.max_replicas is not None
 
     @property
-    def initial_size(self) -> int:
-        """The group's size when it is made: replicas, or the autoscaler's minimum."""
-        return self.replicas or self.min_replicas or DEFAULT_FLEET_REPLICAS
+    def size(self) -> int:
+        """The group's size (the configuration refuses minReplicas/maxReplicas for now)."""
+        return self.replicas or DEFAULT_FLEET_REPLICAS
 
 
 DEFAULT_FLEET_REPLICAS = 2

@@ -39,13 +39,14 @@ from __future__ import annotations
 import json
 import re
 import ssl
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
 
 import httpx
+
+from tools.standins.elastic_server import ElasticStandIn, Recorded
 
 __all__ = ["StandInElasticsearch"]
 
@@ -81,14 +82,6 @@ PRIVILEGES = ("manage_inference", "monitor_inference", "none")
 
 
 @dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
 class _Answer:
     status: int
     payload: Any = None  # JSON
@@ -96,70 +89,19 @@ class _Answer:
 
 
 @dataclass
-class StandInElasticsearch:
-    """Start with `with StandInElasticsearch(keys={...}) as es:`; `es.url` is its base URL."""
+class StandInElasticsearch(ElasticStandIn):
+    """Start with `with StandInElasticsearch(keys={...}) as es:`; `es.url` is its base URL.
+    Keys map to one of PRIVILEGES."""
 
-    keys: Mapping[str, str]  # API key -> one of PRIVILEGES; copied, see `revoke`
+    PRODUCT: ClassVar[str] = "Elasticsearch"
     upstream_ca: str | None = None  # PEM the JVM trust store holds besides the system CAs
     upstream_timeout: float = 5.0
-    stall_seconds: float = 0.0
     unavailable: bool = False
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    requests: list[Recorded] = field(default_factory=list)
     upstream_requests: list[dict[str, Any]] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-    _port: int = 0
-    _stopping: threading.Event = field(default_factory=threading.Event)
 
-    def __post_init__(self) -> None:
-        self.keys = dict(self.keys)
-
-    @property
-    def url(self) -> str:
-        if not self._port:
-            raise RuntimeError("the stand-in Elasticsearch is not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    def __enter__(self) -> StandInElasticsearch:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stopping.set()
-        self.stop()
-
-    def start(self) -> StandInElasticsearch:
-        if self._server is not None:
-            raise RuntimeError("the stand-in Elasticsearch is already running")
-        es = self
-
-        class Handler(_Handler):
-            stand_in = es
-
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        self._port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-    def revoke(self, key: str) -> None:
-        if not isinstance(self.keys, dict):
-            raise TypeError("keys were not copied into a dict")
-        del self.keys[key]
-
-    def keys_used(self) -> list[str]:
-        used: list[str] = []
-        for request in self.requests:
-            scheme, _, key = request.headers.get("authorization", "").partition(" ")
-            used.append(key if scheme == "ApiKey" else "")
-        return used
+    def handler_type(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     def endpoint(self, inference_id: str) -> dict[str, Any] | None:
         return self.endpoints.get(inference_id)
@@ -174,8 +116,7 @@ class StandInElasticsearch:
             except ValueError:
                 return _error(400, "parse_exception", "request body is required to be JSON")
         self.requests.append(Recorded(method, path, dict(headers), body))
-        if self.stall_seconds:
-            self._stopping.wait(self.stall_seconds)
+        self.stall()
         if self.unavailable:
             return _error(503, "master_not_discovered_exception", "no master node")
         scheme, _, key = headers.get("authorization", "").partition(" ")

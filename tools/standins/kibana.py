@@ -21,16 +21,15 @@ from __future__ import annotations
 import json
 import re
 import ssl
-import tempfile
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
 
 import httpx
+
+from tools.standins.elastic_server import ElasticStandIn, Recorded
 
 GEN_AI = ".gen-ai"
 _UUID_V1_V4 = re.compile(
@@ -64,87 +63,20 @@ _SUB_ACTIONS = {"run", "test", "stream", "invokeAI", "invokeStream", "invokeAsyn
 
 
 @dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
+class StandInKibana(ElasticStandIn):
+    """Start with `with StandInKibana(keys={...}) as kibana:`; `kibana.url` is its base URL.
+    Keys map to "all" | "read" | "none"."""
 
-
-@dataclass
-class StandInKibana:
-    """Start with `with StandInKibana(keys={...}) as kibana:`; `kibana.url` is its base URL."""
-
-    keys: Mapping[str, str]  # API key -> "all" | "read" | "none"; copied, see `revoke`
+    PRODUCT: ClassVar[str] = "Kibana"
     spaces: tuple[str, ...] = ("default",)
     native_function_calling: bool = True  # False: a Kibana before 9.2
-    tls: tuple[str, str] | None = None  # (certificate PEM, key PEM) to serve HTTPS
     upstream_ca: str | None = None  # PEM Kibana trusts for apiUrl (customHostSettings)
     execute_timeout: float = 5.0
-    stall_seconds: float = 0.0  # hold every answer this long (a hung Kibana)
     unavailable: bool = False  # answer every request 503 (Kibana starting, or its ES down)
     connectors: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    requests: list[Recorded] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-    _port: int = 0
-    _stopping: threading.Event = field(default_factory=threading.Event)
 
-    def __post_init__(self) -> None:
-        self.keys = dict(self.keys)  # revoking one must not touch the caller's mapping
-
-    @property
-    def url(self) -> str:
-        if not self._port:
-            raise RuntimeError("the stand-in Kibana is not started")
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self._port}"
-
-    def __enter__(self) -> StandInKibana:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stopping.set()
-        self.stop()
-
-    def start(self) -> StandInKibana:
-        """Listen (again) on 127.0.0.1, on the port of the last start if there was one."""
-        if self._server is not None:
-            raise RuntimeError("the stand-in Kibana is already running")
-        kibana = self
-
-        class Handler(_Handler):
-            stand_in = kibana
-
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        if self.tls is not None:
-            server.socket = tls_context(*self.tls).wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self._port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        """Close the port: connections are refused until `start()`; connectors are kept."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-    def revoke(self, key: str) -> None:
-        """Invalidate an API key, as `DELETE /_security/api_key` does: 401 from now on."""
-        if not isinstance(self.keys, dict):
-            raise TypeError("keys were not copied into a dict")
-        del self.keys[key]
-
-    def keys_used(self) -> list[str]:
-        """The API key each recorded request carried, in order ("" without ApiKey)."""
-        used: list[str] = []
-        for request in self.requests:
-            scheme, _, key = request.headers.get("authorization", "").partition(" ")
-            used.append(key if scheme == "ApiKey" else "")
-        return used
+    def handler_type(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     def connector(self, connector_id: str, space: str = "default") -> dict[str, Any] | None:
         return self.connectors.get((space, connector_id))
@@ -161,8 +93,7 @@ class StandInKibana:
             except ValueError:
                 return _error(400, "Bad Request", "Invalid JSON in request body")
         self.requests.append(Recorded(method, path, dict(headers), body))
-        if self.stall_seconds:
-            self._stopping.wait(self.stall_seconds)
+        self.stall()
         if self.unavailable:
             return _error(503, "Service Unavailable", "Kibana server is not ready yet")
         match = _PATH.match(path)
@@ -400,17 +331,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return
-
-
-def tls_context(certificate_pem: str, key_pem: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.TemporaryDirectory() as directory:
-        certificate = Path(directory) / "server.crt"
-        key = Path(directory) / "server.key"
-        certificate.write_text(certificate_pem)
-        key.write_text(key_pem)
-        context.load_cert_chain(certificate, key)
-    return context
 
 
 def _error(status: int, error: str, message: str) -> tuple[int, dict[str, Any]]:

@@ -220,8 +220,12 @@ class OpenAIUpstream:
         self._server.upstream = self
         self.port: int = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        # A short poll: shutdown() waits for it (the default, 0.5 s, on every stop).
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="openai-upstream", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="openai-upstream",
+            daemon=True,
         )
 
     def __enter__(self) -> OpenAIUpstream:
