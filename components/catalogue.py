@@ -546,6 +546,46 @@ KNOWN_MODEL_WEIGHTS_GB: dict[str, float] = {
     "openai/gpt-oss-120b": 65.0,
     "openai/gpt-oss-20b": 13.0,
 }
+# The longest context vLLM serves each model with (tokens), for the maxModelLen check. vLLM derives
+# it from the model's config (`_get_and_verify_max_len` in vllm/config/model.py, the keys read by
+# `derive_max_model_len_and_key`, vllm/transformers_utils/model_arch_config_convertor.py: the
+# smallest of max_position_embeddings and its kin, times the RoPE scaling factor except for the
+# llama3, su and longrope types; for yarn, original_max_position_embeddings times the factor) and
+# refuses a --max-model-len above it ("User-specified max_model_len ... is greater than the
+# derived max_model_len") unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set, which this stack never does.
+KNOWN_CONTEXT_TOKENS: dict[str, int] = {
+    # Mistral format (--config-format mistral, which the mistral family sets): vLLM fills
+    # max_position_embeddings with 128_000 when params.json has none
+    # (`_remap_general_mistral_args`, vllm/transformers_utils/configs/mistral.py), and takes the
+    # smaller of it and params.json's max_seq_len, so no Mistral-format model gets more
+    # (vllm-project/vllm#57279, open: "wrongly capped to 128000"); the model cards give both
+    # 128k ("enhances long context capabilities up to 128k tokens", Mistral-Small-3.1; 3.2 is
+    # "a minor update of" it).
+    "mistralai/Mistral-Small-3.2-24B-Instruct-2506": 128_000,
+    "mistralai/Mistral-Small-3.1-24B-Instruct-2503": 128_000,
+    # vllm-project/recipes (commit 8959cf6, 2026-08-21) models/meta-llama/*.yaml,
+    # context_length 131072: max_position_embeddings 131072 with llama3 RoPE, not scaled again.
+    "meta-llama/Llama-3.1-8B-Instruct": 131_072,
+    "meta-llama/Llama-3.3-70B-Instruct": 131_072,
+    # "By default, the context length for Qwen2.5 models are set to 32,768 tokens ... Our
+    # provided default `max_position_embedding` is `32768` and thus the maximum length for the
+    # serving is also this value" (QwenLM/Qwen2.5, now QwenLM/Qwen3, commit 4da996c,
+    # docs/source/deployment/vllm.md); YaRN beyond it is a config change (extraArgs
+    # --hf-overrides, which lifts this check).
+    "Qwen/Qwen2.5-7B-Instruct": 32_768,
+    "Qwen/Qwen2.5-14B-Instruct": 32_768,
+    "Qwen/Qwen2.5-32B-Instruct": 32_768,
+    "Qwen/Qwen2.5-72B-Instruct": 32_768,
+    # vllm-project/recipes models/openai/gpt-oss-*.yaml: context_length 131072, "YaRN rope
+    # scaling (factor=32) extending 4K -> 131K context"; the 120b recipe runs
+    # --max-model-len 131072.
+    "openai/gpt-oss-120b": 131_072,
+    "openai/gpt-oss-20b": 131_072,
+    # vllm-project/recipes models/Google/gemma-4-31B-it.yaml: context_length 262144.
+    "google/gemma-4-31B-it": 262_144,
+    # vllm-project/recipes models/deepseek-ai/DeepSeek-V4-Pro.yaml: context_length 1048576.
+    "deepseek-ai/DeepSeek-V4-Pro": 1_048_576,
+}
 BYTES_PER_PARAM_BF16 = 2.0
 # The weights may fill at most this share of the memory vLLM may use: the rest holds the KV cache,
 # without which a model that "fits" serves no useful context.

@@ -41,7 +41,7 @@ def problems_of(*overrides: dict[str, Any], stack: str = "prod") -> ConfigError:
 def test_defaults_reproduce_the_reference_setup() -> None:
     config, warnings = validate(
         {
-            "gcp:project": "p",
+            "gcp:project": "my-project",
             "gcp:zone": "us-central1-a",
             "vllm-gcp:access": json.dumps({"sshCidrs": ["198.51.100.7/32"]}),
         },
@@ -117,13 +117,13 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
         "gpu memory utilisation zero",
         {"vllm-gcp:model": {"gpuMemoryUtilization": 0}},
         "vllm-gcp:model.gpuMemoryUtilization",
-        "greater than 0",
+        "0 is not in (0, 1]",
     ),
     (
         "gpu memory utilisation above one",
         {"vllm-gcp:model": {"gpuMemoryUtilization": 1.2}},
         "vllm-gcp:model.gpuMemoryUtilization",
-        "less than or equal to 1",
+        "1.2 is not in (0, 1]",
     ),
     (
         "machine type without a GPU",
@@ -431,7 +431,10 @@ def test_mixtral_takes_a_tool_call_parser_given_explicitly() -> None:
             }
         }
     )
-    assert warnings == []
+    # Not catalogued: its fit is not checked (and says so).
+    assert [w.split(" is not in the catalogue")[0] for w in warnings] == [
+        "vllm-gcp:model.id mistralai/Mixtral-8x22B-Instruct-v0.1"
+    ]
     assert config.model.family is not None
     assert config.model.family.name == "mixtral"
     assert config.model.family.vllm_flags == ()
@@ -595,3 +598,165 @@ def test_the_model_fit_rule_needs_a_tensor_parallel_size_dividing_the_gpus() -> 
 def test_the_ssh_rule_reports_the_missing_sources_as_a_user_value() -> None:
     assert rules.check_ssh_sources(AccessConfig()) == [rules.MISSING_SSH_CIDRS]
     assert rules.check_ssh_sources(AccessConfig(ssh_cidrs=["198.51.100.7/32"])) == []
+
+
+# --- The messages a newcomer met (issue 14, item 7): each says what to fix, once ---
+
+
+def _problems(error: ConfigError) -> set[tuple[str, str]]:
+    return {(p.key, p.message) for p in error.problems}
+
+
+def test_a_malformed_ssh_source_is_one_problem_without_the_missing_value_hint() -> None:
+    error = problems_of({"vllm-gcp:access": {"sshCidrs": ["203.0.113.7/33"]}})
+    assert _problems(error) == {
+        (
+            "vllm-gcp:access.sshCidrs[0]",
+            "'203.0.113.7/33' is not a CIDR range such as 203.0.113.7/32",
+        )
+    }
+    assert "Set the values this stack leaves to you" not in str(error)
+
+
+def test_ssh_sources_set_as_one_string_say_how_to_set_a_list() -> None:
+    # What `pulumi config set --path vllm-gcp:access.sshCidrs 203.0.113.7/32` (no index) stores.
+    error = problems_of({"vllm-gcp:access": {"sshCidrs": "203.0.113.7/32"}})
+    assert _problems(error) == {
+        (
+            "vllm-gcp:access.sshCidrs",
+            "must be a list, not the single value '203.0.113.7/32': set its first item with "
+            "`pulumi config set --path 'vllm-gcp:access.sshCidrs[0]' 203.0.113.7/32`",
+        )
+    }
+
+
+def test_a_rule_about_a_section_is_dropped_when_its_key_was_refused() -> None:
+    # Without the refused kibanaUrl, elastic would also be "set kibanaUrl ... or both".
+    error = problems_of(
+        {"vllm-gcp:elastic": {"kibanaUrl": "kb.example.com"}, "vllm-gcp:kibanaApiKey": "key"}
+    )
+    assert _problems(error) == {
+        (
+            "vllm-gcp:elastic.kibanaUrl",
+            "'kb.example.com' is not valid; expected something like "
+            "https://my-deployment.kb.example.com",
+        )
+    }
+
+
+def test_the_project_under_the_programs_namespace_points_at_gcp_project() -> None:
+    error = problems_of({"vllm-gcp:project": "my-project"})
+    assert _problems(error) == {
+        (
+            "vllm-gcp:project",
+            "unknown key; did you mean `gcp:project`? The project is the Google provider's "
+            "setting: pulumi config set gcp:project <value>",
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (90, "90 looks like a percentage, and this is a fraction of each GPU's memory (at most "
+         "1); did you mean 0.9?"),
+        (100, "100 looks like a percentage, and this is a fraction of each GPU's memory (at most "
+         "1); did you mean 1?"),
+        (5, "5 is not in (0, 1]: the fraction of each GPU's memory vLLM may use, such as 0.9"),
+        (-0.5, "-0.5 is not in (0, 1]: the fraction of each GPU's memory vLLM may use, such as "
+         "0.9"),
+    ],
+)  # fmt: skip
+def test_gpu_memory_utilization_is_a_fraction(given: float, message: str) -> None:
+    error = problems_of({"vllm-gcp:model": {"gpuMemoryUtilization": given}})
+    assert _problems(error) == {("vllm-gcp:model.gpuMemoryUtilization", message)}
+
+
+def test_a_model_the_catalogue_does_not_know_warns_that_its_fit_was_not_checked() -> None:
+    config, warnings = config_of({"vllm-gcp:model": {"id": "google/gemma-2-9b-it"}})
+    assert config.model.id == "google/gemma-2-9b-it"
+    assert warnings == [
+        "vllm-gcp:model.id google/gemma-2-9b-it is not in the catalogue, so whether its weights "
+        "fit the GPUs (and the boot disk, where no local SSD holds them) was not checked: a "
+        "model too large for them fails when vLLM starts, after the VM is up"
+    ]
+    _, known = config_of({"vllm-gcp:model": {"id": "Qwen/Qwen2.5-7B-Instruct"}})
+    assert known == []
+
+
+def test_a_max_model_len_beyond_the_models_context_is_refused() -> None:
+    error = problems_of({"vllm-gcp:model": {"maxModelLen": 131072}})
+    assert _problems(error) == {
+        (
+            "vllm-gcp:model.maxModelLen",
+            "131072 is above the 128000-token context vLLM derives for "
+            "mistralai/Mistral-Small-3.2-24B-Instruct-2506 from its config, and vLLM refuses to "
+            "start with a longer one; give at most 128000 (a RoPE scaling through extraArgs "
+            "--hf-overrides lifts this check)",
+        )
+    }
+    at_limit, _ = config_of({"vllm-gcp:model": {"maxModelLen": 128000}})
+    assert at_limit.model.max_model_len == 128000
+    scaled = {
+        "id": "Qwen/Qwen2.5-7B-Instruct",
+        "maxModelLen": 131072,
+        "extraArgs": [
+            "--hf-overrides",
+            '{"rope_scaling": {"rope_type": "yarn", "factor": 4.0, '
+            '"original_max_position_embeddings": 32768}}',
+        ],
+    }
+    _, warnings = config_of({"vllm-gcp:model": scaled}, stack="dev")
+    assert warnings == []
+
+
+def test_a_max_model_len_for_a_model_without_a_known_context_warns() -> None:
+    _, warnings = config_of(
+        {"vllm-gcp:model": {"id": "mistralai/Mixtral-8x7B-Instruct-v0.1", "maxModelLen": 65536}}
+    )
+    assert warnings == [
+        "vllm-gcp:model.maxModelLen 65536 was not checked against "
+        "mistralai/Mixtral-8x7B-Instruct-v0.1's context, which the catalogue does not know: "
+        "vLLM will not start with one above the context it derives from the model's config"
+    ]
+
+
+def test_every_model_with_a_known_context_has_a_known_size() -> None:
+    assert set(catalogue.KNOWN_CONTEXT_TOKENS) <= set(catalogue.KNOWN_MODEL_PARAMS_B)
+
+
+@pytest.mark.parametrize(
+    "project",
+    ["my-project", "abcdef", "a" * 30, "proj-2026-x1", "example.com:my-project", "google.com:ab"],
+)
+def test_valid_project_ids_are_accepted(project: str) -> None:
+    config, _ = config_of({"gcp:project": project})
+    assert config.project == project
+
+
+NOT_AN_ID = (
+    "is not a GCP project id: 6 to 30 lowercase letters, digits and hyphens, starting with a "
+    "letter and not ending with a hyphen, such as my-project-123 (the id, not the project's "
+    "display name: `gcloud projects list` shows both)"
+)
+
+
+@pytest.mark.parametrize(
+    ("project", "message"),
+    [
+        ("My Project", f"'My Project' {NOT_AN_ID}"),
+        ("my-project-", f"'my-project-' {NOT_AN_ID}"),
+        ("short", f"'short' {NOT_AN_ID}"),
+        ("a" * 31, f"'{'a' * 31}' {NOT_AN_ID}"),
+        ("1project", f"'1project' {NOT_AN_ID}"),
+        ("my_project", f"'my_project' {NOT_AN_ID}"),
+        (":my-project", f"':my-project' {NOT_AN_ID}"),
+        (
+            "123456789012",
+            "123456789012 is a project number; give the project id (`gcloud projects describe "
+            "123456789012 --format='value(projectId)'`)",
+        ),
+    ],
+)
+def test_invalid_project_ids_are_refused(project: str, message: str) -> None:
+    assert _problems(problems_of({"gcp:project": project})) == {("gcp:project", message)}

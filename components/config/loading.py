@@ -8,6 +8,7 @@ every problem by its key path, before the program registers any resource.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from components.config.schema import (
     StackConfig,
     StackSecrets,
     TlsConfig,
+    project_id,
 )
 
 MISSING_PROJECT = Problem("gcp:project", "required: the GCP project to deploy into")
@@ -141,9 +143,15 @@ def _key_path(section: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _describe(error: Mapping[str, Any], model: type[Section]) -> str:
+def _describe(error: Mapping[str, Any], model: type[Section], key: str) -> str:
     kind = error["type"]
     loc = error["loc"]
+    if kind == "list_type" and isinstance(error["input"], str):
+        # `pulumi config set --path KEY VALUE` without an index stores one string.
+        return (
+            f"must be a list, not the single value {error['input']!r}: set its first item with "
+            f"`pulumi config set --path '{key}[0]' {shlex.quote(error['input'])}`"
+        )
     if kind == "extra_forbidden":
         known = _aliases(model) if len(loc) == 1 else []
         valid = f" (valid keys: {', '.join(known)})" if known else ""
@@ -166,10 +174,10 @@ def _parse_section(name: str, model: type[_S], raw: object) -> tuple[_S | None, 
         return model.model_validate(raw), []
     except ValidationError as error:
         failed = {item["loc"][0] for item in error.errors() if item["loc"]}
-        problems = [
-            Problem(_key_path(name, tuple(item["loc"])), _describe(item, model))
-            for item in error.errors()
-        ]
+        problems = []
+        for item in error.errors():
+            key = _key_path(name, tuple(item["loc"]))
+            problems.append(Problem(key, _describe(item, model, key)))
     # Keep checking the rest of the section: the valid keys, with defaults for the failed ones,
     # so one run reports every problem. The problems above already stop the program.
     try:
@@ -208,19 +216,32 @@ def _parse_sections(own: Mapping[str, Any]) -> tuple[ParsedSections, list[Proble
 
 
 def _check_unknown_keys(own: Mapping[str, Any]) -> list[Problem]:
-    return [
-        Problem(
-            f"{PROJECT}:{key}",
-            f"unknown key{did_you_mean(key, KNOWN_KEYS)} (valid keys: {', '.join(KNOWN_KEYS)})",
+    return [Problem(f"{PROJECT}:{key}", _unknown_key(key)) for key in own if key not in KNOWN_KEYS]
+
+
+def _unknown_key(key: str) -> str:
+    # vllm-gcp:project for gcp:project: the program reads these settings from the provider's
+    # namespace, where the provider reads them too.
+    provider_key = f"gcp:{key}"
+    if provider_key in raw_checks.READ_PROVIDER_KEYS:
+        return (
+            f"unknown key; did you mean `{provider_key}`? The {key} is the Google provider's "
+            f"setting: pulumi config set {provider_key} <value>"
         )
-        for key in own
-        if key not in KNOWN_KEYS
-    ]
+    return f"unknown key{did_you_mean(key, KNOWN_KEYS)} (valid keys: {', '.join(KNOWN_KEYS)})"
 
 
 def _check_provider_keys(raw: Mapping[str, Any]) -> list[Problem]:
-    """gcp:project set; gcp:zone a zone name, in gcp:region where that is set too."""
-    found = [] if raw.get("gcp:project") else [MISSING_PROJECT]
+    """gcp:project a project id; gcp:zone a zone name, in gcp:region where that is set too."""
+    found: list[Problem] = []
+    project = raw.get("gcp:project")
+    if not project:
+        found.append(MISSING_PROJECT)
+    else:
+        try:
+            project_id(str(project))
+        except ValueError as error:
+            found.append(Problem("gcp:project", str(error)))
     zone = raw.get("gcp:zone")
     region = raw.get("gcp:region")
     if not zone:
@@ -278,8 +299,13 @@ def _missing_user_values_hint(problems: list[Problem]) -> str:
 
 
 def _collect_warnings(sections: ParsedSections, secrets: SecretTexts) -> list[str]:
-    advisories = [] if sections.model is None else rules.vllm_advisory_warnings(sections.model)
-    return advisories + rules.unused_secret_warnings(
+    model = sections.model
+    about_model = (
+        []
+        if model is None
+        else rules.vllm_advisory_warnings(model) + rules.unchecked_model_warnings(model)
+    )
+    return about_model + rules.unused_secret_warnings(
         sections.model,
         sections.elastic,
         secrets.hugging_face_token,
@@ -338,16 +364,42 @@ def _stack_config(
     )
 
 
+def _field_path(key: str) -> str:
+    """`vllm-gcp:access.sshCidrs` of `vllm-gcp:access.sshCidrs[0]`: the key below the section."""
+    return ".".join(key.split("[", 1)[0].split(".")[:2])
+
+
+def _without_judgements_of_defaults(
+    rule_problems: list[Problem], section_problems: list[Problem]
+) -> list[Problem]:
+    """The rules' problems, less those that speak of a value the section refused.
+
+    A refused key takes its default for the rules, so they can judge the rest of the section;
+    what they then say of that key is about the default, not what the user gave (a malformed
+    sshCidrs would also be "required, non-empty", with advice to set what was just set), and so
+    is what they say of its section as a whole (elastic without a Kibana URL, when kibanaUrl was
+    refused). The key's own problem says what is wrong.
+    """
+    refused = {_field_path(p.key) for p in section_problems}
+    refused_sections = {path.split(".", 1)[0] for path in refused}
+    return [
+        p
+        for p in rule_problems
+        if _field_path(p.key) not in refused and p.key not in refused_sections
+    ]
+
+
 def validate(raw: Mapping[str, Any], stack: str) -> tuple[StackConfig, list[str]]:
     """Validate raw `namespace:key` values; return the config and warnings, or raise ConfigError."""
     own = _own_keys(raw)
     sections, section_problems = _parse_sections(own)
     secrets = _secret_texts(raw)
+    rule_problems = _apply_rules(sections, _zone(raw), secrets)
     problems = [
         *_check_unknown_keys(own),
         *section_problems,
         *_check_provider_keys(raw),
-        *_apply_rules(sections, _zone(raw), secrets),
+        *_without_judgements_of_defaults(rule_problems, section_problems),
     ]
     problems = raw_checks.screened(raw, KNOWN_KEYS, problems)
     if problems:

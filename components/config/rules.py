@@ -87,7 +87,7 @@ def check_machine(host: HostConfig, zone: str | None) -> list[Problem]:
 
 
 def check_model_flags(model: ModelConfig) -> list[Problem]:
-    """The tool-call parser, extraArgs, the image tag and the weights' source, on their own."""
+    """The tool-call parser, extraArgs, the image tag, the weights' source and maxModelLen."""
     key = f"{PROJECT}:model"
     found: list[Problem] = []
     parser = model.tool_call_parser
@@ -131,7 +131,41 @@ def check_model_flags(model: ModelConfig) -> list[Problem]:
         found.append(
             Problem(f"{key}.gcsUri", "is only read when model.source is gcs; set source: gcs")
         )
-    return found
+    return found + _check_context_length(model)
+
+
+def _check_context_length(model: ModelConfig) -> list[Problem]:
+    """maxModelLen within the context vLLM derives from the model's config (catalogue)."""
+    limit = catalogue.KNOWN_CONTEXT_TOKENS.get(model.id)
+    length = model.max_model_len
+    if limit is None or length is None or length <= limit or _overrides_model_config(model):
+        return []
+    return [
+        Problem(
+            f"{PROJECT}:model.maxModelLen",
+            f"{length} is above the {limit}-token context vLLM derives for {model.id} from its "
+            f"config, and vLLM refuses to start with a longer one; give at most {limit} (a RoPE "
+            "scaling through extraArgs --hf-overrides lifts this check)",
+        )
+    ]
+
+
+# The flags that change the model's config, and with it the context vLLM derives: --hf-overrides
+# (any config key, rope_scaling among them) and, in releases before it took their place,
+# --rope-scaling and --rope-theta.
+_CONFIG_OVERRIDE_FLAGS = ("hf-overrides", "rope-scaling", "rope-theta")
+
+
+def _overrides_model_config(model: ModelConfig) -> bool:
+    return any(_vllm_flag_name(arg) in _CONFIG_OVERRIDE_FLAGS for arg in model.extra_args)
+
+
+def _vllm_flag_name(arg: str) -> str | None:
+    """The name of the flag an argument sets, as vLLM's parser reads it (see reserved_vllm_flag),
+    without its dashes; None for a value, or for `--` alone."""
+    if not arg.startswith("--"):
+        return None
+    return re.split(r"[=.\s]", arg[2:], maxsplit=1)[0].replace("_", "-") or None
 
 
 def reserved_vllm_flag(arg: str) -> str | None:
@@ -144,11 +178,9 @@ def reserved_vllm_flag(arg: str) -> str | None:
     with a space in its name is not a flag to argparse (vLLM refuses it as an extra positional),
     and is refused here like the flag it spells.
     """
-    if not arg.startswith("--"):
+    name = _vllm_flag_name(arg)
+    if name is None:
         return None
-    name = re.split(r"[=.\s]", arg[2:], maxsplit=1)[0].replace("_", "-")
-    if not name:
-        return None  # `--`: the end of the options
     return next((f"--{flag}" for flag in _RESERVED_VLLM_FLAGS if flag.startswith(name)), None)
 
 
@@ -634,6 +666,29 @@ def vllm_advisory_warnings(model: ModelConfig) -> list[str]:
         f"{PROJECT}:model.image {model.image} carries known vulnerabilities: {listed}. "
         f"Pin {catalogue.DEFAULT_VLLM_IMAGE} or later unless you must match a tested setup"
     ]
+
+
+def unchecked_model_warnings(model: ModelConfig) -> list[str]:
+    """What the catalogue could not check for a model it does not know."""
+    found: list[str] = []
+    if catalogue.weights_gb(model.id) is None:
+        found.append(
+            f"{PROJECT}:model.id {model.id} is not in the catalogue, so whether its weights fit "
+            "the GPUs (and the boot disk, where no local SSD holds them) was not checked: a model "
+            "too large for them fails when vLLM starts, after the VM is up"
+        )
+    length = model.max_model_len
+    if (
+        length is not None
+        and model.id not in catalogue.KNOWN_CONTEXT_TOKENS
+        and not _overrides_model_config(model)
+    ):
+        found.append(
+            f"{PROJECT}:model.maxModelLen {length} was not checked against {model.id}'s context, "
+            "which the catalogue does not know: vLLM will not start with one above the context "
+            "it derives from the model's config"
+        )
+    return found
 
 
 def unused_secret_warnings(

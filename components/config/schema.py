@@ -63,6 +63,52 @@ HOST_IMAGE = re.compile(
 )
 
 
+# A GCP project id, as Resource Manager defines it (Project.projectId in the v3 API reference: "6 to
+# 30 lowercase ASCII letters, digits, or hyphens. It must start with a letter. Trailing hyphens are
+# prohibited."), optionally after the `domain:` of a legacy domain-scoped project (example.com:
+# my-project), whose form is that of terraform-provider-google's verify.ProjectRegex ("copied from
+# the official Google Cloud auto-generated client"). The rule for the id does not bind those older
+# ids, so after a domain any label is taken.
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]\Z", re.ASCII)
+_DOMAIN_SCOPED_PROJECT_ID = re.compile(
+    r"^(?:[-a-z0-9]{1,63}\.)*[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"  # the domain
+    r":[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\Z",
+    re.ASCII,
+)
+
+
+def project_id(value: str) -> str:
+    """gcp:project, a project id (the provider's setting: checked here with the rest)."""
+    if _PROJECT_ID.fullmatch(value) or _DOMAIN_SCOPED_PROJECT_ID.fullmatch(value):
+        return value
+    if value.isdigit():
+        raise ValueError(
+            f"{value} is a project number; give the project id (`gcloud projects describe "
+            f"{value} --format='value(projectId)'`)"
+        )
+    raise ValueError(
+        f"{value!r} is not a GCP project id: 6 to 30 lowercase letters, digits and hyphens, "
+        "starting with a letter and not ending with a hyphen, such as my-project-123 (the id, "
+        "not the project's display name: `gcloud projects list` shows both)"
+    )
+
+
+def _gpu_memory_fraction(value: float) -> float:
+    if 0 < value <= 1:
+        return value
+    # vLLM takes a fraction ("which can range from 0 to 1. For example, a value of 0.5 would imply
+    # 50% GPU memory utilization", CacheConfig.gpu_memory_utilization, vllm/config/cache.py):
+    # from 10 to 100, the value is most likely a percentage.
+    if 10 <= value <= 100:  # noqa: PLR2004 (the range of a likely percentage)
+        raise ValueError(
+            f"{value:g} looks like a percentage, and this is a fraction of each GPU's memory "
+            f"(at most 1); did you mean {value / 100:g}?"
+        )
+    raise ValueError(
+        f"{value:g} is not in (0, 1]: the fraction of each GPU's memory vLLM may use, such as 0.9"
+    )
+
+
 def _ssh_user(value: str) -> str:
     if not _LINUX_USER.fullmatch(value):
         raise ValueError(f"{value!r} is not a Linux user name such as vllm")
@@ -133,7 +179,7 @@ class ModelConfig(Section):
     )
     tool_call_parser: str | None = None
     tensor_parallel_size: int | None = Field(default=None, ge=1)
-    gpu_memory_utilization: float = Field(default=0.90, gt=0, le=1)
+    gpu_memory_utilization: Annotated[float, AfterValidator(_gpu_memory_fraction)] = 0.90
     max_model_len: int | None = Field(default=None, ge=256)
     extra_args: list[str] = Field(default_factory=list)
     source: Literal["huggingface", "gcs"] = "huggingface"
