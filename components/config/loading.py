@@ -29,6 +29,7 @@ from components.config.schema import (
     MirrorConfig,
     ModelConfig,
     NetworkConfig,
+    ObservabilityConfig,
     Section,
     StackConfig,
     StackSecrets,
@@ -61,6 +62,7 @@ class ParsedSections:
     tls: TlsConfig | None
     elastic: ElasticConfig | None  # also None when the stack sets no elastic section
     fleet: FleetConfig | None  # None when the stack sets no fleet section: one VM
+    observability: ObservabilityConfig | None
 
 
 # The namespace's top-level keys: the sections, in contract order, and the secrets.
@@ -207,6 +209,7 @@ def _parse_sections(own: Mapping[str, Any]) -> tuple[ParsedSections, list[Proble
         tls=parse("tls", TlsConfig),
         elastic=parse("elastic", ElasticConfig) if has_elastic else None,
         fleet=parse("fleet", FleetConfig) if has_fleet else None,
+        observability=parse("observability", ObservabilityConfig),
     )
     return sections, found
 
@@ -356,6 +359,7 @@ def _stack_config(
         tls=tls,
         elastic=sections.elastic,
         fleet=sections.fleet,
+        observability=sections.observability or ObservabilityConfig(),
         secrets=StackSecrets(
             tls_certificate=_secret_output(secrets.tls_certificate),
             tls_private_key=_secret_output(secrets.tls_private_key),

@@ -308,6 +308,27 @@ class FleetConfig(Section):
 DEFAULT_FLEET_REPLICAS = 2
 
 
+# A Cloud Monitoring notification channel: its resource name, or the numeric id that ends it
+# (`gcloud beta monitoring channels list` shows the name; the console shows the id).
+_NOTIFICATION_CHANNEL = re.compile(
+    r"^(projects/[a-z][a-z0-9:.-]{4,61}/notificationChannels/)?\d+\Z"
+)
+
+
+class ObservabilityConfig(Section):
+    """vllm-gcp:observability: the host's metrics and logs agent, a dashboard, alert policies."""
+
+    enabled: bool = True
+    notification_channels: list[
+        Annotated[
+            str,
+            AfterValidator(
+                _pattern(_NOTIFICATION_CHANNEL, "projects/my-project/notificationChannels/123")
+            ),
+        ]
+    ] = Field(default_factory=list)
+
+
 # ------------------------------------------------------------------------------------------------
 # The validated stack
 
@@ -347,6 +368,7 @@ class StackConfig:
     tls: TlsConfig
     elastic: ElasticConfig | None
     fleet: FleetConfig | None = None  # None: one VM configured over SSH
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     secrets: StackSecrets = field(default_factory=StackSecrets)
 
     @property
