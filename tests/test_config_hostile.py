@@ -203,6 +203,25 @@ HOSTILE: list[tuple[str, dict[str, Any], str, str]] = [
         "vllm-gcp:model.extraArgs[0]",
         "read by vLLM as --config",
     ),
+    (
+        "--served-model-name, which the outputs and Elastic's connector name",
+        {"vllm-gcp:model": {"extraArgs": ["--served-model-name", "chosen"]}},
+        "vllm-gcp:model.extraArgs[0]",
+        "--served-model-name is set by the stack (set model.servedName instead); remove it",
+    ),
+    (
+        "--model=, the model id",
+        {"vllm-gcp:model": {"extraArgs": ["--model=chosen"]}},
+        "vllm-gcp:model.extraArgs[0]",
+        "--model is set by the stack (set model.id instead); remove it",
+    ),
+    (
+        "--ssl-certfile, a TLS listener behind Nginx",
+        {"vllm-gcp:model": {"extraArgs": ["--ssl_certfile", "chosen"]}},
+        "vllm-gcp:model.extraArgs[0]",
+        "--ssl_certfile is read by vLLM as --ssl-certfile, which is set by the stack (Nginx "
+        "terminates TLS; vLLM speaks plain HTTP on loopback); remove it",
+    ),
     # --- keys in a namespace the program does not read (item 10) ---
     (
         "vllm:host, a typo for vllm-gcp:host",
@@ -366,6 +385,13 @@ def test_the_reference_extra_arguments_stay_valid() -> None:
                             "-O3",
                             "--hf-token-path",
                             "x",
+                            # Flags that start like reserved ones, and are not them.
+                            "--model-impl",
+                            "transformers",
+                            "--ssl-ca-certs",
+                            "x",
+                            "--max-model-len",
+                            "8192",
                         ]
                     }
                 },

@@ -27,7 +27,21 @@ from components.config.schema import (
 
 # Flags the stack sets itself: overriding them in extraArgs would break the proxy or the key.
 # --config reads flags from a YAML file, these among them.
-_RESERVED_VLLM_FLAGS = ("host", "port", "api-key", "uds", "config")
+# The vLLM flags the stack sets or rules out, and why (extraArgs may override any other flag).
+_BEHIND_NGINX = "vLLM listens on 127.0.0.1:8000 behind Nginx"
+_RESERVED_VLLM_FLAGS: dict[str, str] = {
+    "host": _BEHIND_NGINX,
+    "port": _BEHIND_NGINX,
+    "uds": _BEHIND_NGINX,
+    "api-key": "vLLM reads the stack's key from its root-only secrets file",
+    "config": "--config would read more flags from a file",
+    # The outputs, the Kibana connector and the inference endpoint name the served model.
+    "served-model-name": "set model.servedName instead",
+    "model": "set model.id instead",
+    # A TLS listener would break Nginx's plain-HTTP hop on loopback.
+    "ssl-keyfile": "Nginx terminates TLS; vLLM speaks plain HTTP on loopback",
+    "ssl-certfile": "Nginx terminates TLS; vLLM speaks plain HTTP on loopback",
+}
 # RFC 1918 and the shared address space (RFC 6598) that VPCs may use for subnets.
 _PRIVATE_RANGES = tuple(
     ipaddress.IPv4Network(r)
@@ -109,8 +123,7 @@ def check_model_flags(model: ModelConfig) -> list[Problem]:
         found.append(
             Problem(
                 f"{key}.extraArgs[{index}]",
-                f"{given}{read_as} is set by the stack (vLLM listens on 127.0.0.1:8000 behind "
-                "Nginx, with the stack's key; --config would read more flags from a file); "
+                f"{given}{read_as} is set by the stack ({_RESERVED_VLLM_FLAGS[flag[2:]]}); "
                 "remove it",
             )
         )
