@@ -28,12 +28,20 @@ MOCK_PRIVATE_IP = "10.42.0.10"
 MOCK_API_KEY = "mock-api-key-0123456789abcdefghijklmnopqrstuv"
 MOCK_HF_TOKEN = "hf_mocktoken0123456789"  # noqa: S105 (a stand-in, not a credential)
 MOCK_KIBANA_KEY = "mock-kibana-api-key-VGhpcyBpcyBhIHRlc3Q="
+MOCK_ELASTICSEARCH_KEY = "mock-elasticsearch-api-key-RWxhc3RpY3NlYXJjaA=="
 MOCK_SSH_PRIVATE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nmock-ssh-key\n-----END OPENSSH PRIVATE KEY-----\n"
 )
 MOCK_TLS_KEY = "-----BEGIN PRIVATE KEY-----\nmock-tls-key\n-----END PRIVATE KEY-----\n"
 # Every stand-in secret: none may appear outside a secret value, nor in a redacted file.
-MOCK_SECRETS = (MOCK_API_KEY, MOCK_HF_TOKEN, MOCK_KIBANA_KEY, MOCK_SSH_PRIVATE_KEY, MOCK_TLS_KEY)
+MOCK_SECRETS = (
+    MOCK_API_KEY,
+    MOCK_HF_TOKEN,
+    MOCK_KIBANA_KEY,
+    MOCK_ELASTICSEARCH_KEY,
+    MOCK_SSH_PRIVATE_KEY,
+    MOCK_TLS_KEY,
+)
 
 _SECRET_SIG = rpc._special_secret_sig  # pyright: ignore[reportPrivateUsage]
 _SIG_KEY = rpc._special_sig_key  # pyright: ignore[reportPrivateUsage]

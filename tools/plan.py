@@ -1,39 +1,46 @@
 """Offline plan: validate a stack file and show what the program would manage, without the cloud.
 
-    vllm-gcp plan prod [--out DIR] [--set KEY=VALUE ...]
+    vllm-gcp plan STACK [--out DIR] [--set KEY=VALUE ...] [--stand-in SECRET ...]
+    vllm-gcp plan STACK --against BASE
 
 Runs the real program under Pulumi's mocks (tools/offline.py): no credentials, no Pulumi CLI,
-nothing deployed. Prints the resources grouped by type with the properties a reviewer checks;
-with --out, writes every file the host would receive (startup script, each remote step's script
-and stdin: the Nginx site, the systemd unit with the vLLM arguments; in fleet mode the instance
-template's attributes and the Secret Manager payloads) with secrets redacted, plus
-resources.json. Exit 0 when the configuration is valid, 2 when it is not (the message lists every
-problem by key path). Secrets are never read: where the stack file holds one (`secure:`), a
-stand-in takes its place, and every stand-in is redacted from what is written.
+nothing deployed. STACK is a stack name or a stack file's path. Prints what the stack serves, its
+hourly cost (tools/prices.py) and the resources grouped by type with the properties a reviewer
+checks; with --out, writes every file the host would receive with secrets redacted, plus
+resources.json (the record a diff compares); with --against, what would change from BASE instead
+(tools/plan_diff.py). The same stack gives the same bytes. Exit 0 when planned (a diff is not an
+error), 2 when the plan cannot run or the configuration is invalid (every problem by key path).
+Secrets are never read: where the stack file holds one (`secure:`), or --stand-in names one, a
+stand-in takes its place, and every stand-in is redacted from what is written. docs/plan.md is
+the user's guide.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import datetime
+import hashlib
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from components.config import PROJECT, SECRET_KEYS, ConfigError
+from components.config import PROJECT, SECRET_KEYS, ConfigError, StackConfig
+from tools import plan_diff, prices
 from tools.offline import (
     MOCK_API_KEY,
+    MOCK_ELASTICSEARCH_KEY,
     MOCK_HF_TOKEN,
     MOCK_KIBANA_KEY,
     MOCK_SSH_PRIVATE_KEY,
@@ -52,7 +59,10 @@ PLACEHOLDERS: dict[str, Any] = {
     "gcp:project": "offline-plan",
     f"{PROJECT}:access.sshCidrs": ["192.0.2.1/32"],
 }
-STAND_IN_KEY_SCALAR = 0x5EC2E7  # the private value of the stand-in TLS key (provided mode)
+STAND_IN_KEY_SEED = bytes(range(32))  # the private value of the stand-in TLS key (provided mode)
+STAND_IN_SERIAL = 0x5EC2E7
+STAND_IN_VALID_FROM = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+STAND_IN_VALID_UNTIL = datetime.datetime(2126, 1, 1, tzinfo=datetime.UTC)
 # The summary shows inputs up to this long in full, and cuts outputs longer than the other.
 MAX_SHOWN_INPUT = 120
 MAX_SHOWN_OUTPUT = 100
@@ -64,13 +74,33 @@ SECRET_VERSION = "gcp:secretmanager/secretVersion:SecretVersion"  # noqa: S105 (
 _TEMPLATE_SETTINGS = {"ssh-keys", "enable-oslogin", "block-project-ssh-keys"}
 FIREWALL = "gcp:compute/firewall:Firewall"
 REMOTE_COMMAND = "command:remote:Command"
+COMMAND_TYPES = (REMOTE_COMMAND, "command:local:Command")
+DYNAMIC_PROVIDER_INPUT = "__provider"
+RESOURCES_FILE = "resources.json"
+MAX_SHOWN_TRIGGER = 40
 # stdin bundles (components/host_bundle.py `file_bundle`): one "<name> <base64>" line per file.
 _BUNDLE_LINE = re.compile(r"^([a-z_]+) ([A-Za-z0-9+/]+={0,2})$")
 _BUNDLE_SUFFIXES = {"site": ".conf", "certificate": ".crt", "private_key": ".key"}
 
 
 class PlanError(Exception):
-    """The plan cannot run: a missing stack file, a bad --set, an undecryptable value."""
+    """The plan cannot run: a missing or unreadable stack file, a bad --set, a secret it cannot
+    stand in for."""
+
+
+@dataclass(frozen=True)
+class StackFile:
+    """The stack the plan reads: its name (what the program runs as) and its file."""
+
+    name: str
+    path: Path
+
+    @property
+    def shown(self) -> str:
+        try:
+            return str(self.path.resolve().relative_to(ROOT.resolve()))
+        except ValueError:
+            return str(self.path)
 
 
 @dataclass
@@ -80,20 +110,101 @@ class StackInput:
     config: dict[str, Any]
     secrets: dict[str, str] = field(default_factory=dict)
     placeholders: dict[str, Any] = field(default_factory=dict)
+    given: dict[str, Any] = field(default_factory=dict)  # --set, by key path
+    stack: StackFile | None = None  # None: a configuration made in code, not read from a file
+
+    @property
+    def source(self) -> StackFile:
+        if self.stack is None:
+            raise PlanError("this configuration was not read from a stack file")
+        return self.stack
 
 
 # ------------------------------------------------------------------------------------------------
 # Reading the stack file
 
 
-def _parse_set(item: str) -> tuple[str, list[str], Any]:
-    """`ns:key.path=value` to (ns:key, path, value); a key without namespace is the project's."""
+_STACK_FILE_NAME = re.compile(r"^Pulumi\.(.+)\.ya?ml$")
+
+
+def _named_stack(name: str) -> Path:
+    return ROOT / "stacks" / f"Pulumi.{name}.yaml"
+
+
+def stack_file(reference: str) -> StackFile:
+    """A stack name (stacks/Pulumi.<name>.yaml) or the path of a stack file."""
+    if Path(reference).is_dir() and ("/" in reference or not _named_stack(reference).is_file()):
+        raise PlanError(f"{reference} is a directory without a plan written by --out in it")
+    looks_like_path = "/" in reference or reference.endswith((".yaml", ".yml"))
+    if looks_like_path or Path(reference).is_file():
+        path = Path(reference)
+        if not path.is_file():
+            raise PlanError(f"no stack file {reference}")
+        match = _STACK_FILE_NAME.match(path.name)
+        return StackFile(match.group(1) if match else path.stem, path)
+    path = _named_stack(reference)
+    if not path.is_file():
+        known = sorted(
+            m.group(1) for p in path.parent.glob("*.yaml") if (m := _STACK_FILE_NAME.match(p.name))
+        )
+        raise PlanError(f"no stack file stacks/{path.name} (stacks: {', '.join(known)})")
+    return StackFile(reference, path)
+
+
+def _read_document(stack: StackFile) -> dict[str, Any]:
+    """The stack file's config; a YAML error as one message with the file and line."""
+    try:
+        document = yaml.safe_load(stack.path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{stack.shown}:{mark.line + 1}:{mark.column + 1}" if mark else stack.shown
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        context_mark = getattr(error, "context_mark", None)
+        if context and context_mark:
+            context += f" that starts at line {context_mark.line + 1}"
+        detail = f"{problem} ({context})" if context else problem
+        raise PlanError(f"{where}: the stack file is not valid YAML: {detail}") from None
+    except OSError as error:
+        raise PlanError(f"{stack.shown}: cannot read the stack file: {error.strerror}") from None
+    document = document or {}
+    if not isinstance(document, dict) or not isinstance(document.get("config") or {}, dict):
+        raise PlanError(f"{stack.shown}: expected a mapping with a `config:` mapping inside")
+    return copy.deepcopy(dict(document.get("config") or {}))
+
+
+# A key path as `pulumi config set --path` takes it: `ns:key.a[0].b`, `ns:key["a.b"]`.
+_PATH_TOP = re.compile(r"^([^.\[]+)")
+_PATH_PART = re.compile(r'\.([^.\[\]"]+)|\[(\d+)\]|\["([^"]+)"\]')
+
+
+def parse_key_path(key: str) -> tuple[str, list[str | int]]:
+    """(`namespace:key`, the path below it); a key without namespace is the project's."""
+    top = _PATH_TOP.match(key)
+    if top is None:
+        raise PlanError(f"--set {key!r}: expected a key such as vllm-gcp:model.maxModelLen")
+    path: list[str | int] = []
+    position = top.end()
+    while position < len(key):
+        part = _PATH_PART.match(key, position)
+        if part is None:
+            raise PlanError(
+                f"--set {key!r}: cannot read the path from {key[position:]!r} (write it as "
+                "`pulumi config set --path` does: a.b[0].c)"
+            )
+        name, index, quoted = part.groups()
+        path.append(int(index) if index is not None else (name or quoted))
+        position = part.end()
+    name = top.group(1)
+    return (name if ":" in name else f"{PROJECT}:{name}"), path
+
+
+def _parse_set(item: str) -> tuple[str, list[str | int], Any]:
+    """`ns:key.path=value` to (ns:key, path, YAML-parsed value)."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise PlanError(f"--set {item!r}: expected KEY=VALUE, e.g. gcp:project=my-project")
-    if ":" not in key:
-        key = f"{PROJECT}:{key}"
-    top, *path = key.split(".")
+    top, path = parse_key_path(key)
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as error:
@@ -101,23 +212,56 @@ def _parse_set(item: str) -> tuple[str, list[str], Any]:
     if top.split(":", 1)[1] in SECRET_KEYS and top.startswith(f"{PROJECT}:"):
         raise PlanError(
             f"--set {top}: the plan never reads secrets; where the stack file sets one, a "
-            "stand-in is used"
+            f"stand-in is used, and --stand-in {top.split(':', 1)[1]} plans with one where it "
+            "does not"
         )
     return top, path, value
 
 
-def _assign(config: dict[str, Any], top: str, path: list[str], value: Any) -> None:
-    if not path:
-        config[top] = value
-        return
-    node = config.setdefault(top, {})
-    for part in path[:-1]:
+def key_path_text(top: str, path: Sequence[str | int]) -> str:
+    """`ns:key.a[0].b`, the key path as the plan shows it."""
+    return top + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+def _container_for(next_key: str | int) -> Any:
+    return [] if isinstance(next_key, int) else {}
+
+
+def _assign(config: dict[str, Any], top: str, path: Sequence[str | int], value: Any) -> None:
+    """Set the value at the path, creating objects and lists on the way, as `pulumi config set
+    --path` does; an index may extend a list by one item."""
+    shown = key_path_text(top, path)
+    keys: list[str | int] = [top, *path]
+    node: Any = config
+    for position, key in enumerate(keys):
+        last = position == len(keys) - 1
+        if isinstance(key, int):
+            if not isinstance(node, list):
+                raise PlanError(
+                    f"--set {shown}: [{key}] indexes a list, and the value there is not"
+                )
+            if key > len(node):
+                raise PlanError(
+                    f"--set {shown}: index {key} is past the end of the list ({len(node)} "
+                    f"item(s)): give an index up to {len(node)}"
+                )
+            if key == len(node):
+                node.append(None)
+            if last:
+                node[key] = value
+                return
+            if node[key] is None:
+                node[key] = _container_for(keys[position + 1])
+            node = node[key]
+            continue
         if not isinstance(node, dict):
-            raise PlanError(f"--set {top}.{'.'.join(path)}: {part} is not inside an object")
-        node = node.setdefault(part, {})
-    if not isinstance(node, dict):
-        raise PlanError(f"--set {top}.{'.'.join(path)}: the parent is not an object")
-    node[path[-1]] = value
+            raise PlanError(f"--set {shown}: .{key} names a key, and the value there is no object")
+        if last:
+            node[key] = value
+            return
+        if node.get(key) is None:
+            node[key] = _container_for(keys[position + 1])
+        node = node[key]
 
 
 def _has(config: Mapping[str, Any], dotted: str) -> bool:
@@ -140,21 +284,21 @@ def _secure_keys(value: Any, prefix: str) -> Iterator[str]:
 def stand_in_certificate(domain: str) -> tuple[str, str]:
     """A throwaway certificate and key for `domain`, standing in for a provided pair.
 
-    The key is a fixed, published stand-in (so a review can be repeated and checked), never used.
+    Fixed throughout (an Ed25519 key, whose signatures are deterministic, the serial number, the
+    validity), so that two plans of a stack are the same bytes: a published stand-in, never used.
     """
-    key = ec.derive_private_key(STAND_IN_KEY_SCALAR, ec.SECP256R1())
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(STAND_IN_KEY_SEED)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
-    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .serial_number(STAND_IN_SERIAL)
+        .not_valid_before(STAND_IN_VALID_FROM)
+        .not_valid_after(STAND_IN_VALID_UNTIL)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(key, None)
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -164,19 +308,31 @@ def stand_in_certificate(domain: str) -> tuple[str, str]:
     return certificate.public_bytes(serialization.Encoding.PEM).decode(), key_pem
 
 
-def read_stack(stack: str, settings: Iterable[str] = ()) -> StackInput:
-    """stacks/Pulumi.<stack>.yaml with --set applied, placeholders and secret stand-ins added."""
-    path = ROOT / "stacks" / f"Pulumi.{stack}.yaml"
-    if not path.is_file():
-        known = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in path.parent.glob("*.yaml"))
-        raise PlanError(f"no stack file {path.relative_to(ROOT)} (stacks: {', '.join(known)})")
-    document = yaml.safe_load(path.read_text()) or {}
-    config: dict[str, Any] = dict(document.get("config") or {})
-    for item in settings:
-        top, dotted, value = _parse_set(item)
-        _assign(config, top, dotted, value)
+def _stand_in_names(stand_ins: Iterable[str]) -> list[str]:
+    names = []
+    for given in stand_ins:
+        name = given.split(":", 1)[1] if given.startswith(f"{PROJECT}:") else given
+        if name not in SECRET_KEYS:
+            raise PlanError(
+                f"--stand-in {given}: not a secret of the stack ({', '.join(SECRET_KEYS)})"
+            )
+        names.append(name)
+    return names
 
-    stack_input = StackInput(config={})
+
+def read_stack(
+    reference: str, settings: Iterable[str] = (), stand_ins: Iterable[str] = ()
+) -> StackInput:
+    """The stack file with --set applied, placeholders and secret stand-ins added."""
+    stack = stack_file(reference)
+    config = _read_document(stack)
+    given: dict[str, Any] = {}
+    for item in settings:
+        top, path, value = _parse_set(item)
+        _assign(config, top, path, value)
+        given[key_path_text(top, path)] = value
+
+    stack_input = StackInput(config={}, given=given, stack=stack)
     for key, value in config.items():
         name = key.split(":", 1)[1] if key.startswith(f"{PROJECT}:") else None
         if name in SECRET_KEYS and isinstance(value, dict) and set(value) == {"secure"}:
@@ -189,6 +345,8 @@ def read_stack(stack: str, settings: Iterable[str] = ()) -> StackInput:
                 "and stands in only for " + ", ".join(f"{PROJECT}:{k}" for k in SECRET_KEYS)
             )
         stack_input.config[key] = value
+    for name in _stand_in_names(stand_ins):
+        stack_input.secrets[name] = ""
 
     for dotted, placeholder in PLACEHOLDERS.items():
         if not _has(stack_input.config, dotted):
@@ -199,14 +357,48 @@ def read_stack(stack: str, settings: Iterable[str] = ()) -> StackInput:
     tls = stack_input.config.get(f"{PROJECT}:tls")
     domain = tls.get("domain") if isinstance(tls, dict) else None
     certificate, private_key = stand_in_certificate(str(domain or "offline-plan.example.com"))
-    stand_ins = {
+    stand_in_values = {
         "huggingFaceToken": MOCK_HF_TOKEN,
         "kibanaApiKey": MOCK_KIBANA_KEY,
+        "elasticsearchApiKey": MOCK_ELASTICSEARCH_KEY,
         "tlsCertificate": certificate,
         "tlsPrivateKey": private_key,
     }
-    stack_input.secrets = {name: stand_ins[name] for name in stack_input.secrets}
+    stack_input.secrets = {name: stand_in_values[name] for name in sorted(stack_input.secrets)}
     return stack_input
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan's own words: --set where the configuration's messages say `pulumi config set`
+
+_CONFIG_SET = re.compile(
+    r"pulumi config set (?P<path>--path )?(?:'(?P<quoted>[^']+)'|(?P<key>[^\s`'<]+)) "
+    r"(?P<value>'[^']*'|<[^>]*>\S*|[^\s`]+)"
+)
+_SECRET_PROBLEM = re.compile(rf"^  - {PROJECT}:({'|'.join(SECRET_KEYS)}): ")
+
+
+def _as_set(match: re.Match[str]) -> str:
+    key = match.group("quoted") or match.group("key")
+    value = match.group("value")
+    if value.startswith("'") and value.endswith("'"):
+        value = value[1:-1]
+    return f"--set '{key}={value}'"
+
+
+def plan_speaks(message: str) -> str:
+    """A configuration message as the plan gives it: what to set with --set (a secret with
+    --stand-in), `vllm-gcp plan` where it says `pulumi preview`."""
+    lines = []
+    for given in message.splitlines():
+        if "pulumi config set --secret" in given:
+            secret = _SECRET_PROBLEM.match(given)
+            hint = f" (to plan without it: --stand-in {secret.group(1)})" if secret else ""
+            lines.append(given + hint)
+            continue
+        spoken = _CONFIG_SET.sub(_as_set, given)
+        lines.append(spoken.replace("run `pulumi preview` again", "run `vllm-gcp plan` again"))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,6 +413,7 @@ def secret_names(stack_input: StackInput) -> dict[str, str]:
         MOCK_TLS_KEY: "tlsGeneratedPrivateKey",
         MOCK_HF_TOKEN: "huggingFaceToken",
         MOCK_KIBANA_KEY: "kibanaApiKey",
+        MOCK_ELASTICSEARCH_KEY: "elasticsearchApiKey",
     }
     names.update({value: name for name, value in stack_input.secrets.items()})
     return names
@@ -242,18 +435,25 @@ def redact_text(text: str, names: Mapping[str, str]) -> tuple[str, bool]:
     return text, found
 
 
-def redact(value: Any, names: Mapping[str, str], inside_secret: bool = False) -> Any:
-    """A resource input with secrets redacted; secret text without a known secret goes whole."""
+def redact(
+    value: Any, names: Mapping[str, str], inside_secret: bool = False, *, digests: bool = False
+) -> Any:
+    """A resource input with secrets redacted; secret text without a known secret goes whole (as
+    `<redacted>`, or with `digests` as `<redacted:sha256:...>`, so that a diff sees it change: it
+    derives from the stack file and the published stand-ins only)."""
     if is_secret_value(value):
-        return redact(value["value"], names, inside_secret=True)
+        return redact(value["value"], names, inside_secret=True, digests=digests)
     if isinstance(value, dict):
-        return {k: redact(v, names, inside_secret) for k, v in value.items()}
+        return {k: redact(v, names, inside_secret, digests=digests) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact(v, names, inside_secret) for v in value]
+        return [redact(v, names, inside_secret, digests=digests) for v in value]
     if isinstance(value, str):
         text, found = redact_text(value, names)
-        return text if found or not inside_secret else "<redacted>"
-    return "<redacted>" if inside_secret and value is not None else value
+        if found or not inside_secret:
+            return text
+    if not inside_secret or value is None:
+        return value
+    return plan_diff.redacted_digest(value) if digests else "<redacted>"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,20 +521,144 @@ def host_files(plan: Plan, names: Mapping[str, str]) -> dict[str, str]:
     return files
 
 
-def write_out(directory: Path, plan: Plan, names: Mapping[str, str]) -> list[Path]:
-    if directory.exists() and any(directory.iterdir()):
-        raise PlanError(f"--out {directory} is not empty: give a new or empty directory")
+# ------------------------------------------------------------------------------------------------
+# The record of a plan (resources.json), what a diff compares
+
+
+def _resource_key(urn: str) -> str:
+    """`type::name` of a URN (urn:pulumi:stack::project::parent$type::name): the same in every
+    stack, so that two stacks' plans compare."""
+    _, _, qualified, name = urn.split("::", 3)
+    return f"{qualified.rsplit('$', 1)[-1]}::{name}"
+
+
+def _script_of(command: str) -> str | None:
+    """The script a remote step's command line carries in its here-document
+    (components/remote_access.py `step_command`)."""
+    lines = command.splitlines()
+    opening = next((i for i, line in enumerate(lines) if "=$(cat <<'" in line), None)
+    if opening is None:
+        return None
+    end = lines[opening].rsplit("<<'", 1)[1].rstrip("'")
+    try:
+        closing = lines.index(end, opening + 1)
+    except ValueError:
+        return None
+    return "\n".join(lines[opening + 1 : closing])
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _flat(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key in sorted(value):
+            yield from _flat(value[key], f"{prefix}.{key}")
+    else:
+        yield prefix, value
+
+
+def _known_values(plan: Plan, config: Mapping[str, Any]) -> list[tuple[Any, str]]:
+    """Values a trigger may be, each with its name: a resource's computed output, the digest of a
+    step's stdin (or script and stdin), a configuration value."""
+    known: list[tuple[Any, str]] = []
+    for resource in sorted(plan.resources, key=lambda r: (r.type, r.name)):
+        for key, value in sorted(_computed(resource).items()):
+            known.append((unwrap(value), f"{resource.name}.{key}"))
+        if resource.type in COMMAND_TYPES:
+            stdin = str(resource.plain.get("stdin") or "")
+            script = _script_of(str(resource.plain.get("create") or "")) or ""
+            known.append((_sha256(stdin), f"sha256 of {resource.name}'s stdin"))
+            for text in (script, script + "\n"):
+                known.append(
+                    (_sha256(text + stdin), f"sha256 of {resource.name}'s script and stdin")
+                )
+    for top in sorted(config):
+        for path, value in _flat(config[top], top):
+            # Not a flag: true and false stand for too many things to name one.
+            if isinstance(value, int | str) and not isinstance(value, bool):
+                known.append((value, f"{path} = {json.dumps(value)}"))
+    return known
+
+
+def trigger_names(resource: Registered, known: Sequence[tuple[Any, str]]) -> list[str]:
+    """What each of a command's triggers is, by name."""
+    triggers = resource.inputs.get("triggers") or []
+    secret = is_secret_value(triggers)
+    names = []
+    for item in unwrap(triggers) if secret else triggers:
+        value = unwrap(item)
+        found = next((name for candidate, name in known if candidate == value), None)
+        if found is None and (secret or is_secret_value(item)):
+            found = "a secret value"
+        elif found is None:
+            shown = json.dumps(value)
+            found = shown if len(shown) <= MAX_SHOWN_TRIGGER else f"a value of {len(shown)} chars"
+        names.append(found)
+    return names
+
+
+def _computed(resource: Registered) -> dict[str, Any]:
+    """The outputs the provider adds (stand-ins here): those that are not an input as given."""
+    return {
+        key: value
+        for key, value in resource.outputs.items()
+        if key not in resource.inputs or unwrap(resource.inputs[key]) != unwrap(value)
+    }
+
+
+def _options(resource: Registered, names: Mapping[str, str]) -> dict[str, Any]:
+    options = resource.options
+    recorded: dict[str, Any] = {
+        "ignoreChanges": sorted(options.ignore_changes),
+        "replaceOnChanges": sorted(options.replace_on_changes),
+        "deleteBeforeReplace": options.delete_before_replace,
+        "replacementTrigger": redact(options.replacement_trigger, names, digests=True),
+    }
+    return {k: v for k, v in recorded.items() if v not in ([], False, None)}
+
+
+def records(plan: Plan, stack_input: StackInput) -> list[dict[str, Any]]:
+    """Every resource as resources.json holds it, ordered by type and name."""
+    names = secret_names(stack_input)
+    known = _known_values(plan, stack_input.config)
+    recorded = []
+    for resource in sorted(plan.resources, key=lambda r: (r.type, r.name)):
+        # A dynamic resource's serialized provider is code, not configuration.
+        inputs = {k: v for k, v in resource.inputs.items() if k != DYNAMIC_PROVIDER_INPUT}
+        record: dict[str, Any] = {
+            "type": resource.type,
+            "name": resource.name,
+            "inputs": redact(inputs, names, digests=True),
+            "computed": redact(_computed(resource), names, digests=True),
+            "options": _options(resource, names),
+            "dependsOn": sorted({_resource_key(urn) for urn in resource.options.dependencies}),
+        }
+        if resource.type in COMMAND_TYPES:
+            record["triggers"] = trigger_names(resource, known)
+        recorded.append(record)
+    return recorded
+
+
+def refuse_a_full_directory(directory: Path) -> None:
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise PlanError(
+            f"--out {directory} is not an empty directory: give a new or empty one (the plan "
+            "never overwrites files), e.g. --out plan-$(date +%Y%m%d-%H%M%S)"
+        )
+
+
+def write_out(directory: Path, plan: Plan, stack_input: StackInput) -> list[Path]:
+    refuse_a_full_directory(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name, content in host_files(plan, names).items():
+    for name, content in sorted(host_files(plan, secret_names(stack_input)).items()):
         path = directory / name
         path.write_text(content)
         written.append(path)
-    resources = [
-        {"type": r.type, "name": r.name, "inputs": redact(r.inputs, names)} for r in plan.resources
-    ]
-    path = directory / "resources.json"
-    path.write_text(json.dumps(resources, indent=2, sort_keys=True) + "\n")
+    path = directory / RESOURCES_FILE
+    path.write_text(json.dumps(records(plan, stack_input), indent=2, sort_keys=True) + "\n")
     written.append(path)
     return written
 
@@ -424,13 +748,15 @@ def _firewall_lines(inputs: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _command_lines(resource: Registered) -> list[str]:
+def _command_lines(resource: Registered, known: Sequence[tuple[Any, str]]) -> list[str]:
     inputs = resource.inputs
     stdin = inputs.get("stdin")
     carried = "none" if stdin is None else ("secret" if is_secret_value(stdin) else "plain")
+    triggers = trigger_names(resource, known)
     return [
         f"stdin: {carried}",
-        f"re-runs on: {len(unwrap(inputs.get('triggers') or []))} trigger(s)",
+        "re-runs (replaced) when a trigger changes: " + ("; ".join(triggers) or "none"),
+        "re-runs (updated) when any other input changes: its script, its stdin, ...",
     ]
 
 
@@ -477,40 +803,90 @@ _SUMMARIES = {
 }
 
 
-def resource_lines(resource: Registered) -> list[str]:
+def resource_lines(resource: Registered, known: Sequence[tuple[Any, str]] = ()) -> list[str]:
     if resource.type in _SUMMARIES:
         return _SUMMARIES[resource.type](_tidy(resource.plain))
-    if resource.type == REMOTE_COMMAND:
-        return _command_lines(resource)
+    if resource.type in COMMAND_TYPES:
+        return _command_lines(resource, known)
     if resource.type.startswith(f"{PROJECT}:"):
         return []
-    return _generic_lines(_tidy(resource.inputs))
+    inputs = {k: v for k, v in resource.inputs.items() if k != DYNAMIC_PROVIDER_INPUT}
+    return _generic_lines(_tidy(inputs))
 
 
-def summary(stack: str, stack_input: StackInput, plan: Plan) -> list[str]:
+def _given_mark(stack_input: StackInput, *keys: str) -> str:
+    given = [k for k in stack_input.given if any(k.startswith(key) for key in keys)]
+    return " (from --set)" if given else ""
+
+
+def serving_lines(stack: StackConfig, stack_input: StackInput) -> list[str]:
+    """What the stack serves, on what: what a reviewer checks first."""
+    model = stack.model
+    machine = stack.machine
+    key = f"{PROJECT}:model"
+
+    def mark(field_name: str) -> str:
+        return _given_mark(stack_input, f"{key}.{field_name}", f"{key}=")
+
+    served = model.served_model_name
+    parser = model.effective_tool_call_parser
+    context = (
+        "vLLM's default (the model's own)"
+        if model.max_model_len is None
+        else (str(model.max_model_len))
+    )
+    host_mark = _given_mark(stack_input, f"{PROJECT}:host.machineType", f"{PROJECT}:host=")
+    if stack.fleet is None:
+        where = f"one VM in {stack.zone}"
+    else:
+        zones = ", ".join(stack.fleet_zones)
+        where = f"a fleet of {stack.fleet.size} replicas in {stack.region} ({zones})"
+    return [
+        "Serving:",
+        f"  model: {model.id}{mark('id')}, served as {served}{mark('servedName')}",
+        f"  GPUs: {machine.gpu_count} x {machine.gpu.display_name} ({machine.name}){host_mark}",
+        f"  tensor parallel size: {stack.tensor_parallel_size}{mark('tensorParallelSize')}",
+        f"  GPU memory utilisation: {model.gpu_memory_utilization}{mark('gpuMemoryUtilization')}",
+        f"  maxModelLen: {context}{mark('maxModelLen')}",
+        f"  tool-call parser: {parser or 'none (tool calling off)'}{mark('toolCallParser')}",
+        f"  vLLM image: {model.image}{mark('image')}",
+        f"  where: {where}",
+    ]
+
+
+def summary(stack_input: StackInput, plan: Plan, stack: StackConfig) -> list[str]:
     lines = [
-        f"Offline plan of stack {stack} (stacks/Pulumi.{stack}.yaml) under Pulumi's mocks: "
-        "nothing was deployed; addresses and generated values are stand-ins."
+        f"Offline plan of stack {stack_input.source.name} ({stack_input.source.shown}) under "
+        "Pulumi's mocks: nothing was deployed; addresses and generated values are stand-ins."
     ]
     if stack_input.placeholders:
         lines.append("Placeholders for values the stack file leaves to you (override with --set):")
         lines += [f"  {k} = {json.dumps(v)}" for k, v in stack_input.placeholders.items()]
+    if stack_input.given:
+        lines.append("Values given with --set:")
+        lines += [f"  {k} = {json.dumps(v)}" for k, v in stack_input.given.items()]
     if stack_input.secrets:
         lines.append(f"Stand-ins for the stack's secrets: {', '.join(sorted(stack_input.secrets))}")
     lines += [f"warning: {w}" for w in plan.warnings]
-    lines.append(f"Configuration valid. {len(plan.resources)} resources:")
+    lines += ["", *serving_lines(stack, stack_input), ""]
+    lines += prices.cost_lines(
+        [{"type": r.type, "name": r.name, "inputs": _tidy(r.plain)} for r in plan.resources]
+    )
+    lines += ["", f"Configuration valid. {len(plan.resources)} resources:"]
+    known = _known_values(plan, stack_input.config)
     by_type: dict[str, list[Registered]] = {}
     for resource in plan.resources:
         by_type.setdefault(resource.type, []).append(resource)
     for typ in sorted(by_type):
         lines.append("")
         lines.append(typ)
-        for resource in by_type[typ]:
+        for resource in sorted(by_type[typ], key=lambda r: r.name):
             lines.append(f"  {resource.name}")
-            lines += [f"      {line}" for line in resource_lines(resource)]
+            lines += [f"      {line}" for line in resource_lines(resource, known)]
     lines.append("")
     lines.append("Outputs:")
-    for key, value in plan.outputs.items():
+    for key in sorted(plan.outputs):
+        value = plan.outputs[key]
         shown = "[secret]" if key in plan.secret_outputs else json.dumps(unwrap(value))
         if len(shown) > MAX_SHOWN_OUTPUT:
             shown = shown[: MAX_SHOWN_OUTPUT - 3] + "..."
@@ -518,28 +894,136 @@ def summary(stack: str, stack_input: StackInput, plan: Plan) -> list[str]:
     return lines
 
 
+@dataclass
+class PlannedStack:
+    stack_input: StackInput
+    plan: Plan
+    stack: StackConfig
+
+
+def plan_stack(
+    reference: str, settings: Iterable[str] = (), stand_ins: Iterable[str] = ()
+) -> PlannedStack:
+    """Read the stack and run the program on it; a configuration error in the plan's words."""
+    stack_input = read_stack(reference, settings, stand_ins)
+    seen: dict[str, Any] = {}
+
+    def observe(program_globals: Mapping[str, Any]) -> Mapping[str, object]:
+        seen["stack"] = program_globals["stack"]
+        return {}
+
+    try:
+        plan = run_program(
+            stack_input.config,
+            stack=stack_input.source.name,
+            secrets=stack_input.secrets,
+            observe=observe,
+        )
+    except ConfigError as error:
+        raise PlanConfigError(plan_speaks(str(error))) from None
+    return PlannedStack(stack_input, plan, seen["stack"])
+
+
+class PlanConfigError(Exception):
+    """The stack's configuration is invalid: every problem, as the plan words them."""
+
+
+def is_written_plan(reference: str) -> bool:
+    """A directory written by --out; a stack's name wins over a directory of that name unless
+    the reference has a slash (`./prod/`)."""
+    if not (Path(reference) / RESOURCES_FILE).is_file():
+        return False
+    return "/" in reference or not _named_stack(reference).is_file()
+
+
+def plan_records(reference: str, stand_ins: Iterable[str]) -> tuple[list[dict[str, Any]], str]:
+    """One side of a diff and its label: a directory written by --out, or a stack (name or
+    file), planned."""
+    if is_written_plan(reference):
+        path = Path(reference) / RESOURCES_FILE
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise PlanError(f"{reference}: no plan written by --out there ({error})") from None
+        return recorded, f"the plan in {reference}"
+    planned = plan_stack(reference, (), stand_ins)
+    return records(planned.plan, planned.stack_input), _label(planned.stack_input)
+
+
+def _label(stack_input: StackInput) -> str:
+    given = "".join(f", --set {k}={json.dumps(v)}" for k, v in stack_input.given.items())
+    return f"stack {stack_input.source.name} ({stack_input.source.shown}{given})"
+
+
+def _print_diff(
+    new: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]], label: str, base_label: str
+) -> None:
+    changes = plan_diff.diff(new, base)
+    print("\n".join(plan_diff.diff_lines(changes, new, label, base_label)))
+
+
+def _diff_recorded(args: argparse.Namespace) -> int:
+    """A directory written by --out, against BASE: the diff from the records alone."""
+    if args.against is None or args.set or args.out is not None:
+        raise PlanError(
+            f"{args.stack} is a directory: a written plan is only read with --against BASE "
+            "(without --set or --out)"
+        )
+    new, label = plan_records(args.stack, args.stand_in)
+    base, base_label = plan_records(args.against, args.stand_in)
+    _print_diff(new, base, label, base_label)
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "vllm-gcp plan") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n", 1)[0])
-    parser.add_argument("stack", help="the stack: reads stacks/Pulumi.<stack>.yaml")
+    parser.add_argument(
+        "stack",
+        help="a stack name (reads stacks/Pulumi.<stack>.yaml) or a stack file's path; with "
+        "--against, also a directory written by --out",
+    )
     parser.add_argument("--out", type=Path, help="write the host's files (redacted) here")
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, YAML-parsed (e.g. gcp:project=my-project, "
-        "'vllm-gcp:access.sshCidrs=[203.0.113.7/32]', vllm-gcp:model.maxModelLen=8192)",
+        help="override a config value, YAML-parsed, the key path as `pulumi config set --path` "
+        "takes it (e.g. gcp:project=my-project, 'vllm-gcp:access.sshCidrs[0]=203.0.113.7/32', "
+        "vllm-gcp:model.maxModelLen=8192)",
+    )
+    parser.add_argument(
+        "--stand-in",
+        action="append",
+        default=[],
+        metavar="SECRET",
+        help="plan with a stand-in for a secret the stack file does not hold "
+        f"({', '.join(SECRET_KEYS)})",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="BASE",
+        help="show what would change from BASE (a stack name, a stack file, or a directory "
+        "written by --out) to this plan, instead of the summary",
     )
     args = parser.parse_args(argv)
     try:
-        stack_input = read_stack(args.stack, args.set)
-        plan = run_program(stack_input.config, stack=args.stack, secrets=stack_input.secrets)
-        print("\n".join(summary(args.stack, stack_input, plan)))
         if args.out is not None:
-            written = write_out(args.out, plan, secret_names(stack_input))
+            refuse_a_full_directory(args.out)
+        if is_written_plan(args.stack):
+            return _diff_recorded(args)
+        planned = plan_stack(args.stack, args.set, args.stand_in)
+        if args.against is None:
+            print("\n".join(summary(planned.stack_input, planned.plan, planned.stack)))
+        else:
+            base, base_label = plan_records(args.against, args.stand_in)
+            new = records(planned.plan, planned.stack_input)
+            _print_diff(new, base, _label(planned.stack_input), base_label)
+        if args.out is not None:
+            written = write_out(args.out, planned.plan, planned.stack_input)
             print(f"\nWrote {len(written)} files (secrets redacted) to {args.out}:")
             print("\n".join(f"  {path.name}" for path in written))
-    except ConfigError as error:
+    except PlanConfigError as error:
         print(str(error), file=sys.stderr)
         return 2
     except PlanError as error:
