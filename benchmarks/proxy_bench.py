@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import socket
@@ -26,7 +27,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -114,12 +115,41 @@ class Connection:
         return first_token
 
 
-def time_to_first_event(target: Target, samples: int) -> float:
+@dataclass(frozen=True)
+class Median:
+    seconds: float
+    margin_s: float  # half the width of its 95% confidence interval
+
+
+def median_with_margin(values: Sequence[float]) -> Median:
+    """The median and its 95% confidence margin, from the order statistics at n/2 +- 1.96*sqrt(n)/2
+    (distribution-free: first-event times have a long tail, so no normal approximation)."""
+    ordered = sorted(values)
+    count = len(ordered)
+    spread = 1.96 * math.sqrt(count) / 2
+    low = ordered[max(0, math.floor(count / 2 - spread))]
+    high = ordered[min(count - 1, math.ceil(count / 2 + spread))]
+    median = statistics.median(ordered)
+    return Median(median, max(median - low, high - median))
+
+
+def added_time(direct: Median, proxy: Median) -> str:
+    """What the proxy adds to the median time, or that it is lost in the noise. Never a negative
+    time: where the proxy adds next to nothing, the difference of two noisy medians can come out
+    below zero, which would read as a proxy that makes requests faster."""
+    added = proxy.seconds - direct.seconds
+    noise = math.hypot(direct.margin_s, proxy.margin_s)
+    if added <= noise:
+        return f"no added time above the noise (+-{noise * 1000:.2f} ms)"
+    return f"+{added * 1000:.2f} ms (+-{noise * 1000:.2f} ms)"
+
+
+def time_to_first_event(target: Target, samples: int) -> Median:
     connection = Connection(target)
     try:
         for _ in range(10):
             connection.exchange(STREAMED_CHAT)
-        return statistics.median(connection.exchange(STREAMED_CHAT) for _ in range(samples))
+        return median_with_margin([connection.exchange(STREAMED_CHAT) for _ in range(samples)])
     finally:
         connection.close()
 
@@ -182,10 +212,14 @@ def upstream_process(reply_ms: float) -> Generator[int]:
         process.join(timeout=10)
 
 
-def nginx_own_time_ms(access_log: str) -> float:
-    """Mean of $request_time - $upstream_response_time over the proxied requests (ms).
+def nginx_own_time(access_log: str) -> str:
+    """Mean of $request_time - $upstream_response_time over the proxied requests.
 
     Fields of the site's log format: ... status bytes request_length request_time upstream_time.
+    Nginx logs both times in seconds with millisecond resolution (ngx_http_log_module's
+    $request_time, ngx_http_upstream_module's $upstream_response_time), rounded apart, so the
+    difference of one request can be -0.001: a mean at or below zero is below that resolution,
+    never a negative time.
     """
     own = [
         float(fields[LOG_REQUEST_TIME]) - float(fields[LOG_UPSTREAM_TIME])
@@ -194,7 +228,12 @@ def nginx_own_time_ms(access_log: str) -> float:
         and fields[LOG_STATUS] == "200"
         and fields[LOG_UPSTREAM_TIME] != "-"
     ]
-    return statistics.mean(own) * 1000 if own else float("nan")
+    if not own:
+        return "no proxied requests in the access log"
+    mean_ms = statistics.mean(own) * 1000
+    if mean_ms <= 0:
+        return f"below the log's 1 ms resolution (mean of {len(own)} requests)"
+    return f"{mean_ms:.3f} ms (mean of {len(own)} requests)"
 
 
 def run(reply_ms: float, seconds: float, samples: int) -> None:
@@ -203,11 +242,12 @@ def run(reply_ms: float, seconds: float, samples: int) -> None:
         proxied = Target("proxy", proxy.https_port, proxy.ssl_context())
         print(f"\n## upstream reply time {reply_ms:g} ms ({TOKENS_PER_REPLY} tokens)")
         first = {t.name: time_to_first_event(t, samples) for t in (direct, proxied)}
-        added_ms = (first["proxy"] - first["direct"]) * 1000
+        ratio = first["proxy"].seconds / first["direct"].seconds
         print(
             f"time to first streamed event, median of {samples}: "
-            f"direct {first['direct'] * 1000:.2f} ms, proxy {first['proxy'] * 1000:.2f} ms "
-            f"(+{added_ms:.2f} ms, proxy/direct {first['proxy'] / first['direct']:.2f})"
+            f"direct {first['direct'].seconds * 1000:.2f} ms, "
+            f"proxy {first['proxy'].seconds * 1000:.2f} ms "
+            f"({added_time(first['direct'], first['proxy'])}, proxy/direct {ratio:.2f})"
         )
         print("requests/s, non-streamed chat completions over keep-alive connections:")
         print(f"{'concurrency':>11} {'direct':>9} {'proxy':>9} {'proxy/direct':>13}")
@@ -219,16 +259,26 @@ def run(reply_ms: float, seconds: float, samples: int) -> None:
             print(
                 f"{concurrency:>11} {rates['direct']:>9.0f} {rates['proxy']:>9.0f} {ratio:>13.2f}"
             )
-        own = nginx_own_time_ms(proxy.access_log())
-        print(f"Nginx's own time per request (request - upstream time, access log): {own:.3f} ms")
+        own = nginx_own_time(proxy.access_log())
+        print(f"Nginx's own time per request (request - upstream time, access log): {own}")
         if "limiting requests" in proxy.error_log():
             print("warning: the proxy rate-limited some requests", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="per throughput measurement")
-    parser.add_argument("--samples", type=int, default=200, help="streamed requests for the median")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="per throughput measurement (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=200,
+        help="streamed requests for the median (default: %(default)s)",
+    )
     options = parser.parse_args(argv)
     print(f"# proxy_bench {time.strftime('%Y-%m-%d')}, {multiprocessing.cpu_count()} CPUs")
     for reply_ms in REPLY_MS:

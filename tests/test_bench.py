@@ -3,12 +3,14 @@ stand-in."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmarks import proxy_bench
 from tools import bench, cli
 from tools.standins.nginx import NginxProxy
 from tools.standins.openai_upstream import OpenAIUpstream
@@ -79,3 +81,84 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert bench.percentile([3.0], 95) == 3.0
     assert bench.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert bench.percentile([float(i) for i in range(101)], 95) == 95.0
+
+
+def test_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--help"])
+    assert exited.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "--concurrency N,N,... clients at each level, one level after another (default: 1,4,16)",
+        "--duration SECONDS how long each level sends requests (default: 30)",
+        "--max-tokens N output tokens per request, every reply runs to it (default: 256)",
+        f"--prompt PROMPT the user message (default: {bench.DEFAULT_PROMPT!r})",
+        "connecting has 10 s (default: 300)",
+    ):
+        assert shown in help_text
+    # Every option with a default says it; the others (the endpoint, --json) have none.
+    parser = bench.build_parser("vllm-gcp bench")
+    with_default = {
+        action.option_strings[0]
+        for action in parser._actions
+        if action.default not in (None, argparse.SUPPRESS)
+    }
+    assert with_default == {"--concurrency", "--duration", "--max-tokens", "--prompt", "--timeout"}
+    assert help_text.count("(default: ") == len(with_default)
+
+
+def test_the_default_levels_parse_as_given_on_the_command_line() -> None:
+    assert bench.build_parser("bench").parse_args([]).concurrency == [1, 4, 16]
+
+
+# ------------------------------------------------------------------------------------------------
+# benchmarks.proxy_bench's arithmetic: what it prints is never a negative time
+
+
+def test_the_median_margin_comes_from_the_order_statistics() -> None:
+    # 100 values 1..100 ms: ranks 50 -+ 9.8 -> the 40th and 60th values around a median of 50.5.
+    values = [i / 1000 for i in range(1, 101)]
+    median = proxy_bench.median_with_margin(values)
+    assert median.seconds == pytest.approx(0.0505)
+    assert median.margin_s == pytest.approx(0.0105)
+    assert proxy_bench.median_with_margin([0.002]) == proxy_bench.Median(0.002, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("direct", "proxy", "shown"),
+    [
+        # The proxy measured quicker than direct: noise, not a negative cost.
+        ((0.00100, 0.00010), (0.00095, 0.00010), "no added time above the noise (+-0.14 ms)"),
+        # Slower, but by less than the noise.
+        ((0.00100, 0.00010), (0.00110, 0.00010), "no added time above the noise (+-0.14 ms)"),
+        ((0.00100, 0.00003), (0.00150, 0.00004), "+0.50 ms (+-0.05 ms)"),
+        ((0.00100, 0.0), (0.00100, 0.0), "no added time above the noise (+-0.00 ms)"),
+    ],
+)
+def test_added_time_is_never_negative(
+    direct: tuple[float, float], proxy: tuple[float, float], shown: str
+) -> None:
+    assert proxy_bench.added_time(proxy_bench.Median(*direct), proxy_bench.Median(*proxy)) == shown
+
+
+def _log_line(status: str, request_time: str, upstream_time: str) -> str:
+    # The site's log_format vllm_gcp (scripts/nginx-site.conf).
+    return (
+        f'127.0.0.1 [01/Dec/2026:18:00:00 +0000] "POST /v1/chat/completions HTTP/1.1" '
+        f'{status} 512 300 {request_time} {upstream_time} "python-httpx"'
+    )
+
+
+def test_nginx_own_time_below_the_log_resolution_is_not_negative() -> None:
+    rounded_apart = "\n".join(
+        [_log_line("200", "0.002", "0.003"), _log_line("200", "0.002", "0.002")]
+    )
+    assert proxy_bench.nginx_own_time(rounded_apart) == (
+        "below the log's 1 ms resolution (mean of 2 requests)"
+    )
+    measurable = "\n".join(
+        [_log_line("200", "0.004", "0.002"), _log_line("200", "0.003", "0.002"),
+         _log_line("401", "0.000", "-")]
+    )  # fmt: skip
+    assert proxy_bench.nginx_own_time(measurable) == "1.500 ms (mean of 2 requests)"
+    assert proxy_bench.nginx_own_time("") == "no proxied requests in the access log"

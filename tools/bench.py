@@ -279,23 +279,59 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The options, each with its default in the help (argparse fills in %(default)s)."""
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n", 1)[0])
+    add_endpoint_arguments(parser)
+    load = parser.add_argument_group("load")
+    # A string default goes through `type` as if given on the command line, so the help shows
+    # it as it is typed.
+    load.add_argument(
+        "--concurrency",
+        type=_levels,
+        default="1,4,16",
+        metavar="N,N,...",
+        help="clients at each level, one level after another (default: %(default)s)",
+    )
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long each level sends requests (default: %(default)g)",
+    )
+    load.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        metavar="N",
+        help="output tokens per request, every reply runs to it (default: %(default)s)",
+    )
+    load.add_argument(
+        "--prompt", default=DEFAULT_PROMPT, help="the user message (default: %(default)r)"
+    )
+    load.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="for each wait on an answer's next bytes; connecting has 10 s (default: %(default)g)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    return parser
+
+
 def main(
     argv: list[str] | None = None,
     progress_stream: TextIO | None = None,
     prog: str = "vllm-gcp bench",
 ) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n", 1)[0])
-    add_endpoint_arguments(parser)
-    parser.add_argument("--concurrency", type=_levels, default=[1, 4, 16], help="e.g. 1,4,16")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds per level")
-    parser.add_argument("--max-tokens", type=int, default=256, help="output tokens per request")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
-    args = parser.parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     progress = Progress(progress_stream or sys.stderr)
     try:
         with resolve_endpoint(args) as endpoint:
+            for warning in endpoint.warnings:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             print(
                 f"Benchmark of {endpoint.base_url}, model {endpoint.model}: "
                 f"{args.duration:g} s per level, max_tokens {args.max_tokens}"

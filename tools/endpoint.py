@@ -7,7 +7,8 @@ stack's outputs or an explicit URL, key and model:
     --endpoint URL --api-key KEY --model NAME [--ca-cert PATH] [--host-header HOST]
 
 The API key may come from VLLM_GCP_API_KEY instead of --api-key, which keeps it out of the shell
-history and the process list. `--host-header` sends that Host (and TLS server name) while
+history and the process list; with --stack it overrides the stack's key, with a warning where
+the two differ. `--host-header` sends that Host (and TLS server name) while
 connecting to the URL's address, as `curl --resolve` does: for a domain whose DNS is not set yet.
 `explain_connection_error` turns a failure to connect into its likely cause.
 """
@@ -54,6 +55,8 @@ class Endpoint:
     model: str
     ca_cert: Path | None = None
     host_header: str | None = None
+    # What the operator should know about how the endpoint was resolved, one sentence each.
+    warnings: tuple[str, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -156,12 +159,20 @@ def resolve_endpoint(args: argparse.Namespace) -> Generator[Endpoint]:
             if ca_cert is None and outputs.get("caCertificate"):
                 ca_cert = Path(directory) / "ca.pem"
                 ca_cert.write_text(str(outputs["caCertificate"]))
+            stack_key = str(outputs["apiKey"])
+            warnings: tuple[str, ...] = ()
+            if not args.api_key and api_key and api_key != stack_key:
+                warnings = (
+                    f"{API_KEY_ENV} is set and differs from the apiKey output of stack "
+                    f"{args.stack!r}: using {API_KEY_ENV}; unset it to use the stack's key",
+                )
             yield Endpoint(
                 base_url=normalise_base_url(str(outputs["endpoint"])),
-                api_key=api_key or str(outputs["apiKey"]),
+                api_key=api_key or stack_key,
                 model=args.model or str(outputs["model"]),
                 ca_cert=ca_cert,
                 host_header=args.host_header,
+                warnings=warnings,
             )
         return
     missing_args = [
@@ -222,6 +233,11 @@ def explain_connection_error(error: BaseException, endpoint: Endpoint) -> str:  
             return CA_HINT
         if isinstance(cause, ConnectionRefusedError):
             return f"connection refused by {host}:{port}: is Nginx running on the host?"
+        if isinstance(cause, httpx.ReadTimeout | httpx2.ReadTimeout):
+            return (
+                f"{host}:{port} took the request but its answer stopped for longer than the read "
+                "timeout: the model is busy or slow; allow it more time"
+            )
         if isinstance(cause, TimeoutError | httpx.TimeoutException | httpx2.TimeoutException):
             return f"no answer from {host}:{port} in time: {FIREWALL_HINT}"
         if isinstance(cause, socket.gaierror):

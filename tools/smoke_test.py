@@ -7,6 +7,9 @@
 One line per check with its timing; a failed check says what failed and its likely cause. The API
 calls go through the official `openai` client, as Kibana's connector speaks the same protocol;
 the TLS handshake, the request without a key and the routes outside /v1 are checked directly.
+Two time limits: --connect-timeout for reaching the endpoint (TCP and TLS, seconds), and
+--read-timeout for each wait on an answer, which a generation on a busy model can stretch. While
+a check waits, stderr shows it: a counter on a terminal, else a line every 10 seconds.
 """
 
 from __future__ import annotations
@@ -16,16 +19,22 @@ import json
 import socket
 import ssl
 import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import cast
+from typing import TextIO
 
 import httpx
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionToolParam
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionMessageParam,
+    ChatCompletionToolParam,
+)
 
 from tools.endpoint import (
     Endpoint,
@@ -38,10 +47,11 @@ from tools.endpoint import (
 # Routes vLLM serves without its API key: the proxy must not expose them (README, "What the
 # proxy guarantees").
 ROUTES_OUTSIDE_V1 = ("/metrics", "/health", "/tokenize", "/version", "/docs")
-TOOL = {
+TOOL_NAME = "get_current_time"
+TOOL: ChatCompletionToolParam = {
     "type": "function",
     "function": {
-        "name": "get_current_time",
+        "name": TOOL_NAME,
         "description": "Returns the current time in a time zone.",
         "parameters": {
             "type": "object",
@@ -50,6 +60,9 @@ TOOL = {
         },
     },
 }
+TOOL_QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What time is it in Paris? Use the get_current_time tool."}
+]
 # What an API error from the proxy or vLLM most likely means, by its class; {model} is --model.
 API_ERRORS: tuple[tuple[type[openai.APIStatusError], str], ...] = (
     (openai.AuthenticationError, "401: the API key was refused"),
@@ -65,8 +78,66 @@ API_ERRORS: tuple[tuple[type[openai.APIStatusError], str], ...] = (
 )
 
 
+# Seconds between the lines that say a check is still waiting, where stderr is not a terminal.
+PROGRESS_EVERY_S = 10.0
+
+
 class CheckFailed(Exception):
     """A check's failure: the message is what failed and its likely cause."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float  # TCP connect and TLS handshake
+    read_s: float  # each wait for the next bytes of an answer
+
+    def httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(self.read_s, connect=self.connect_s)
+
+    def httpx2(self) -> httpx2.Timeout:
+        return httpx2.Timeout(self.read_s, connect=self.connect_s)
+
+
+class Waiting:
+    """Shows that a check is still waiting for its answer, on `stream`: on a terminal a counter
+    redrawn in place every `redraw_s` (erased when the check ends), elsewhere a line every
+    `every_s`."""
+
+    def __init__(
+        self, stream: TextIO, every_s: float, read_timeout_s: float, redraw_s: float = 1.0
+    ) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.every_s = redraw_s if self.live else every_s
+        self.read_timeout_s = read_timeout_s
+
+    @contextmanager
+    def on(self, name: str) -> Generator[None]:
+        done = threading.Event()
+        started = time.perf_counter()
+        drawn = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(self.every_s):
+                elapsed = time.perf_counter() - started
+                text = (
+                    f"  ... {name}: waiting {elapsed:.0f} s "
+                    f"(read timeout {self.read_timeout_s:g} s)"
+                )
+                self.stream.write(f"\r{text}\033[K" if self.live else f"{text}\n")
+                self.stream.flush()
+                drawn.set()
+
+        ticker = threading.Thread(target=tick, name="smoke-waiting", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+            if self.live and drawn.is_set():
+                self.stream.write("\r\033[K")
+                self.stream.flush()
 
 
 @dataclass(frozen=True)
@@ -100,6 +171,7 @@ def explain_api_error(error: openai.OpenAIError, endpoint: Endpoint) -> str:
 
 
 def check_tls(endpoint: Endpoint, timeout: float) -> str:
+    """The TLS handshake, bounded by the connect timeout."""
     if not endpoint.base_url.startswith("https://"):
         raise CheckFailed("the endpoint is not HTTPS: the stack serves https://<host>/v1")
     try:
@@ -191,25 +263,24 @@ def check_stream(endpoint: Endpoint, client: openai.OpenAI) -> str:
     )
 
 
+def _refused_tools(error: openai.BadRequestError) -> CheckFailed:
+    return CheckFailed(
+        f"the server refused a request with tools ({error.message}): check model.toolCallParser"
+    )
+
+
 def check_tools(endpoint: Endpoint, client: openai.OpenAI) -> str:
     try:
         completion = client.chat.completions.create(
             model=endpoint.model,
-            messages=[
-                {
-                    "role": "user",
-                    "content": "What time is it in Paris? Use the get_current_time tool.",
-                }
-            ],
-            tools=[TOOL],  # pyright: ignore[reportArgumentType]
+            messages=TOOL_QUESTION,
+            tools=[TOOL],
             tool_choice="auto",
             max_tokens=128,
             temperature=0,
         )
     except openai.BadRequestError as error:
-        raise CheckFailed(
-            f"the server refused a request with tools ({error.message}): check model.toolCallParser"
-        ) from None
+        raise _refused_tools(error) from None
     calls = completion.choices[0].message.tool_calls if completion.choices else None
     if not calls:
         raise CheckFailed("the model answered without tool_calls: check model.toolCallParser")
@@ -220,55 +291,108 @@ def check_tools(endpoint: Endpoint, client: openai.OpenAI) -> str:
     return f"called {name}({arguments})"
 
 
-def check_stream_tools(endpoint: Endpoint, client: openai.OpenAI) -> str:
-    """A streamed tool call, as an Elasticsearch inference endpoint always asks for one: the call
-    must arrive in `tool_calls` deltas (name first, then the arguments in pieces) that add up to
-    valid JSON. vLLM's Mistral parser once passed it on as text or dropped it (vllm#20028)."""
-    stream = client.chat.completions.create(
-        model=endpoint.model,
-        messages=[
-            {"role": "user", "content": "What time is it in Paris? Use the get_current_time tool."}
-        ],
-        tools=[cast("ChatCompletionToolParam", TOOL)],
-        tool_choice="auto",
-        max_tokens=128,
-        temperature=0,
-        stream=True,
-    )
-    names: dict[int, str] = {}
-    arguments: dict[int, str] = {}
-    content = ""
-    finish = None
-    for chunk in stream:
+@dataclass
+class StreamedToolCall:
+    """One tool call as its deltas add up: OpenAI's streaming format sends `index` in every delta,
+    `id`, `type` and `function.name` in the first, and `function.arguments` in pieces."""
+
+    id: str = ""
+    type: str = ""
+    name: str = ""
+    arguments: str = ""
+    deltas: int = 0
+
+
+@dataclass
+class StreamedAnswer:
+    calls: dict[int, StreamedToolCall] = field(default_factory=dict)
+    content: str = ""
+    finish_reason: str | None = None
+    usage_seen: bool = False
+
+
+def assemble_stream(chunks: Iterable[ChatCompletionChunk]) -> StreamedAnswer:
+    """The answer a streamed chat completion adds up to (choice 0), as a client assembles it."""
+    answer = StreamedAnswer()
+    for chunk in chunks:
+        answer.usage_seen = answer.usage_seen or chunk.usage is not None
         for choice in chunk.choices:
-            delta = choice.delta
-            content += delta.content or ""
-            for call in delta.tool_calls or []:
-                function = call.function
-                if function is not None and function.name:
-                    names[call.index] = names.get(call.index, "") + function.name
-                if function is not None and function.arguments:
-                    arguments[call.index] = arguments.get(call.index, "") + function.arguments
-            finish = choice.finish_reason or finish
-    if not names:
-        seen = f" (the text held {content.strip()[:60]!r})" if content.strip() else ""
+            if choice.index != 0:
+                continue
+            answer.content += choice.delta.content or ""
+            for delta in choice.delta.tool_calls or []:
+                call = answer.calls.setdefault(delta.index, StreamedToolCall())
+                call.deltas += 1
+                if delta.id:
+                    if call.id and delta.id != call.id:
+                        raise CheckFailed(
+                            f"tool call {delta.index} arrived with two ids, {call.id!r} and "
+                            f"{delta.id!r}: the deltas of one call must share its first id"
+                        )
+                    call.id = delta.id
+                call.type = delta.type or call.type
+                if delta.function is not None:
+                    call.name += delta.function.name or ""
+                    call.arguments += delta.function.arguments or ""
+            answer.finish_reason = choice.finish_reason or answer.finish_reason
+    return answer
+
+
+def check_stream_tools(endpoint: Endpoint, client: openai.OpenAI) -> str:
+    """A streamed tool call, as an Elasticsearch inference endpoint always asks for one (with the
+    usage at the end): the call must arrive in `tool_calls` deltas that add up to an id, a name
+    and JSON arguments, and finish with "tool_calls". vLLM's Mistral parser once passed it on as
+    text or dropped it (vllm#20028)."""
+    try:
+        stream = client.chat.completions.create(
+            model=endpoint.model,
+            messages=TOOL_QUESTION,
+            tools=[TOOL],
+            tool_choice="auto",
+            max_tokens=128,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    except openai.BadRequestError as error:
+        raise _refused_tools(error) from None
+    answer = assemble_stream(stream)
+    hint = "check model.toolCallParser and model.image"
+    if not answer.calls:
+        seen = f" (the text held {answer.content.strip()[:60]!r})" if answer.content.strip() else ""
         raise CheckFailed(
             f"the streamed answer carried no tool_calls deltas{seen}: the tool-call parser does "
-            "not stream tool calls (vllm#20028); check model.toolCallParser and model.image"
+            f"not stream tool calls (vllm#20028); {hint}"
         )
-    text = arguments.get(0, "")
+    call = answer.calls[min(answer.calls)]
+    if not call.id or call.type != "function":
+        raise CheckFailed(
+            f"the streamed tool call has id {call.id!r} and type {call.type!r}: its first delta "
+            f"must carry an id (the tool's answer refers to it) and type 'function'; {hint}"
+        )
+    if call.name != TOOL_NAME:
+        raise CheckFailed(
+            f"the streamed tool call names {call.name!r}, not the offered {TOOL_NAME!r}: the "
+            f"tool-call parser split the name wrongly; {hint}"
+        )
     try:
-        parsed = json.loads(text or "{}")
+        parsed = json.loads(call.arguments or "{}")
     except ValueError:
         raise CheckFailed(
-            f"the streamed tool call's arguments are not JSON ({text[:60]!r}): the tool-call "
-            "parser splits them wrongly (vllm#20028); check model.toolCallParser and model.image"
+            f"the streamed tool call's arguments are not JSON ({call.arguments[:60]!r}): the "
+            f"tool-call parser splits them wrongly (vllm#20028); {hint}"
         ) from None
     if not isinstance(parsed, dict):
-        raise CheckFailed(f"the streamed tool call's arguments are not an object: {text[:60]!r}")
-    if finish != "tool_calls":
-        raise CheckFailed(f"the stream finished with {finish!r}, not 'tool_calls'")
-    return f"streamed {names[0]}({text}) in deltas"
+        raise CheckFailed(
+            f"the streamed tool call's arguments are not an object: {call.arguments[:60]!r}"
+        )
+    if answer.finish_reason != "tool_calls":
+        raise CheckFailed(f"the stream finished with {answer.finish_reason!r}, not 'tool_calls'")
+    if not answer.usage_seen:
+        raise CheckFailed(
+            "the stream ended without the usage chunk that stream_options.include_usage asks for"
+        )
+    return f"streamed {call.name}({call.arguments}) in {call.deltas} deltas"
 
 
 def check_outside_v1(endpoint: Endpoint, http: httpx.Client) -> str:
@@ -295,7 +419,7 @@ def check_outside_v1(endpoint: Endpoint, http: httpx.Client) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _openai_client(endpoint: Endpoint, api_key: str, timeout: float) -> openai.OpenAI:
+def _openai_client(endpoint: Endpoint, api_key: str, timeouts: Timeouts) -> openai.OpenAI:
     extensions = endpoint.request_extensions()
 
     def set_server_name(request: httpx2.Request) -> None:
@@ -308,14 +432,17 @@ def _openai_client(endpoint: Endpoint, api_key: str, timeout: float) -> openai.O
         base_url=endpoint.base_url,
         api_key=api_key,
         max_retries=0,
-        timeout=timeout,
+        timeout=timeouts.httpx2(),
         default_headers=endpoint.headers(),
         http_client=http_client,
     )
 
 
 def run_checks(
-    endpoint: Endpoint, timeout: float, report: Callable[[Result], None]
+    endpoint: Endpoint,
+    timeouts: Timeouts,
+    report: Callable[[Result], None],
+    waiting: Waiting,
 ) -> list[Result]:
     """Run every check in order, reporting each as it finishes; without TLS the rest are skipped."""
     results: list[Result] = []
@@ -323,7 +450,8 @@ def run_checks(
     def run(name: str, check: Callable[[], str]) -> None:
         started = time.perf_counter()
         try:
-            detail, status = check(), "PASS"
+            with waiting.on(name):
+                detail, status = check(), "PASS"
         except CheckFailed as failure:
             detail, status = str(failure), "FAIL"
         except openai.OpenAIError as error:
@@ -333,12 +461,12 @@ def run_checks(
         results.append(Result(name, status, time.perf_counter() - started, detail))
         report(results[-1])
 
-    run("TLS handshake and trust", lambda: check_tls(endpoint, timeout))
-    client = _openai_client(endpoint, endpoint.api_key, timeout)
-    wrong_key_client = _openai_client(endpoint, "wrong-" + endpoint.api_key[:8], timeout)
+    run("TLS handshake and trust", lambda: check_tls(endpoint, timeouts.connect_s))
+    client = _openai_client(endpoint, endpoint.api_key, timeouts)
+    wrong_key_client = _openai_client(endpoint, "wrong-" + endpoint.api_key[:8], timeouts)
     with (
         httpx.Client(
-            verify=endpoint.ssl_context(), timeout=timeout, headers=endpoint.headers()
+            verify=endpoint.ssl_context(), timeout=timeouts.httpx(), headers=endpoint.headers()
         ) as http,
         client,
         wrong_key_client,
@@ -367,15 +495,34 @@ def run_checks(
 def main(argv: list[str] | None = None, prog: str = "vllm-gcp smoke") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n", 1)[0])
     add_endpoint_arguments(parser)
-    parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds per request (default 120)"
+    limits = parser.add_argument_group("time limits")
+    limits.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="to open a connection: TCP connect and TLS handshake (default: %(default)g)",
+    )
+    limits.add_argument(
+        "--read-timeout",
+        "--timeout",
+        dest="read_timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="for each wait on an answer's next bytes; a non-streamed completion sends none "
+        "until it is generated (default: %(default)g)",
     )
     args = parser.parse_args(argv)
+    timeouts = Timeouts(connect_s=args.connect_timeout, read_s=args.read_timeout)
+    waiting = Waiting(sys.stderr, PROGRESS_EVERY_S, timeouts.read_s)
     try:
         with resolve_endpoint(args) as endpoint:
+            for warning in endpoint.warnings:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             via = f" via Host {endpoint.host_header}" if endpoint.host_header else ""
             print(f"Smoke test of {endpoint.base_url}{via}, model {endpoint.model}", flush=True)
-            results = run_checks(endpoint, args.timeout, lambda r: print(r.line(), flush=True))
+            results = run_checks(endpoint, timeouts, lambda r: print(r.line(), flush=True), waiting)
     except EndpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

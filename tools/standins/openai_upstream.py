@@ -8,6 +8,11 @@ twice: `arrivals` as soon as a request's header is read (whatever becomes of its
 `requests` once its body is complete and it is answered; a body that ends early (the proxy closed
 the connection mid-body) is recorded in `aborted` and never answered, as uvicorn drops it.
 
+Strict where vLLM is (vLLM 0.32.0's request validation, cited where each check is made): a model
+other than the served one is a 404, `stream_options` without `stream`, an empty `tools`, a
+`tool_choice` without tools or naming no offered tool, and "auto" tool choice on a server started
+without `--enable-auto-tool-choice` (`auto_tool_choice=False`) are 400s, each with vLLM's message.
+
 HTTP/1.1 with keep-alive, like uvicorn: responses carry Content-Length, streams are chunked.
 Generation speed: `stream_delay_s` before each streamed token; a non-streamed reply waits for
 all its tokens (`tokens_per_reply * stream_delay_s`) before answering.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -59,6 +65,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     upstream: OpenAIUpstream
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone before its reply was written (it timed out, or dropped a stream) is
+        no error, as uvicorn logs none; anything else is printed as socketserver does."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -147,7 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
             request = json.loads(body) if body else {}
         except json.JSONDecodeError:
             request = {}
-        if route == "/v1/models" and self.command == "GET":
+        refusal = upstream.refusal(route, request) if self.command == "POST" else None
+        if refusal is not None:
+            self._json(*refusal)
+        elif route == "/v1/models" and self.command == "GET":
             self._json(200, upstream.models_reply())
         elif route == "/v1/chat/completions" and self.command == "POST":
             if request.get("stream"):
@@ -199,9 +215,14 @@ class OpenAIUpstream:
         tokens_per_reply: int = 16,
         api_key: str | None = None,
         tool_call_stream: str = "deltas",
+        auto_tool_choice: bool = True,
     ) -> None:
         self.model = model
+        # Whether the model calls an offered tool; False: it answers in text.
         self.tool_calls = tool_calls
+        # As `--enable-auto-tool-choice --tool-call-parser ...`: without them vLLM refuses
+        # tool_choice "auto" (and a request with tools but no tool_choice, which means "auto").
+        self.auto_tool_choice = auto_tool_choice
         # How a streamed tool call arrives: "deltas" as vLLM's tool parsers stream it (the first
         # delta with id, type and name, then the arguments in pieces), "text" as a parser that
         # fails to stream it passes the raw `[TOOL_CALLS]name{...}` on as content (vllm#20028).
@@ -314,20 +335,73 @@ class OpenAIUpstream:
     def _tokens(self) -> list[str]:
         return [f"tok{i} " for i in range(self.tokens_per_reply)]
 
+    # --- what vLLM refuses --------------------------------------------------------------------
+
+    def refusal(self, route: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """vLLM's status and error body for a POST it refuses; None for one it serves."""
+        if route not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            return None
+        model = request.get("model")
+        if model and model != self.model:
+            # serve/engine/serving.py, _check_model: the 404 names the served aliases.
+            return _error(
+                404,
+                f"The model `{model}` does not exist. Valid aliases: {self.model}.",
+                "NotFoundError",
+                "model",
+            )
+        if route != "/v1/chat/completions":
+            return None
+        problem = _chat_request_problem(request)
+        if problem is not None:
+            # A model validator's error, as serve/exception_handling/handlers/validation.py
+            # renders pydantic's: "1 validation error:" and the error, type "Bad Request".
+            text, param = problem
+            message = (
+                f"1 validation error:\n  {{'type': 'value_error', 'loc': ('body',), "
+                f"'msg': 'Value error, {text}'}}"
+            )
+            return _error(400, message, "Bad Request", param)
+        if request.get("tools") and _tool_choice(request) == "auto" and not self.auto_tool_choice:
+            # renderers/online_renderer.py: a tokenizer's tool parsing needs both flags.
+            return _error(
+                400,
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
+                "to be set",
+                "BadRequestError",
+                None,
+            )
+        return None
+
+    # --- replies, shaped as vLLM's ------------------------------------------------------------
+
     def _wants_tool_call(self, request: dict[str, Any]) -> bool:
-        return (
-            self.tool_calls and bool(request.get("tools")) and request.get("tool_choice") != "none"
-        )
+        return self.tool_calls and bool(request.get("tools")) and _tool_choice(request) != "none"
 
     @staticmethod
-    def _tool_name(request: dict[str, Any]) -> str:
-        return str(request["tools"][0]["function"]["name"])
+    def _tool(request: dict[str, Any]) -> dict[str, Any]:
+        """The tool a named tool_choice names, else the first offered."""
+        choice = _tool_choice(request)
+        for tool in request["tools"]:
+            if not isinstance(choice, dict) or tool["function"]["name"] == _named(choice):
+                return tool["function"]
+        raise ValueError("the request was validated: tool_choice names an offered tool")
 
-    @staticmethod
-    def _tool_arguments(request: dict[str, Any]) -> str:
-        """Arguments for the first tool: a stand-in string for each required parameter."""
-        parameters = request["tools"][0]["function"].get("parameters") or {}
+    @classmethod
+    def _tool_name(cls, request: dict[str, Any]) -> str:
+        return str(cls._tool(request)["name"])
+
+    @classmethod
+    def _tool_arguments(cls, request: dict[str, Any]) -> str:
+        """Arguments for the tool: a stand-in string for each required parameter."""
+        parameters = cls._tool(request).get("parameters") or {}
         return json.dumps({name: "stand-in" for name in parameters.get("required", [])})
+
+    @staticmethod
+    def _tool_call_finish_reason(request: dict[str, Any]) -> str:
+        # chat_completion/serving.py: "tool_calls" for "auto" or "required" tool calls, "stop"
+        # for a named tool choice.
+        return "stop" if isinstance(_tool_choice(request), dict) else "tool_calls"
 
     def chat_reply(self, request: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any]
@@ -337,7 +411,7 @@ class OpenAIUpstream:
                 "content": None,
                 "tool_calls": [
                     {
-                        "id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}",
+                        "id": _tool_call_id(),
                         "type": "function",
                         "function": {
                             "name": self._tool_name(request),
@@ -346,7 +420,7 @@ class OpenAIUpstream:
                     }
                 ],
             }
-            finish_reason = "tool_calls"
+            finish_reason = self._tool_call_finish_reason(request)
         else:
             message = {"role": "assistant", "content": "".join(self._tokens())}
             finish_reason = "stop"
@@ -381,23 +455,27 @@ class OpenAIUpstream:
             yield chunk({"content": f"[TOOL_CALLS]{self._tool_name(request)}{arguments}"})
             yield chunk({}, "stop")
         elif self._wants_tool_call(request):
-            # As vLLM's serving layer streams a parser's DeltaToolCall (exclude_unset): the first
-            # delta names the call, the later ones carry only index and argument text.
+            # As a vLLM tool parser streams a call through the serving layer (hermes_tool_parser
+            # `extract_tool_calls_streaming`; chat_completion/serving.py dumps each chunk with
+            # exclude_unset): the first delta carries index, id, type and the function's name and
+            # no arguments; later ones the index and a piece of the arguments; the piece parsed
+            # from the last token rides in the chunk that carries the finish_reason.
             time.sleep(self.stream_delay_s)
             arguments = self._tool_arguments(request)
             first = {
-                "index": 0,
-                "id": f"chatcmpl-tool-{uuid.uuid4().hex[:16]}",
+                "id": _tool_call_id(),
                 "type": "function",
-                "function": {"name": self._tool_name(request), "arguments": ""},
+                "index": 0,
+                "function": {"name": self._tool_name(request)},
             }
             self._count_tokens(self.tokens_per_reply)
             yield chunk({"tool_calls": [first]})
-            middle = len(arguments) // 2
-            for piece in (arguments[:middle], arguments[middle:]):
+            third = len(arguments) // 3
+            for piece in (arguments[:third], arguments[third : 2 * third]):
                 time.sleep(self.stream_delay_s)
                 yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            yield chunk({}, "tool_calls")
+            last = {"index": 0, "function": {"arguments": arguments[2 * third :]}}
+            yield chunk({"tool_calls": [last]}, self._tool_call_finish_reason(request))
         else:
             for token in self._tokens():
                 time.sleep(self.stream_delay_s)
@@ -432,3 +510,61 @@ class OpenAIUpstream:
             "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, 1.0]}],
             "usage": {"prompt_tokens": 1, "total_tokens": 1},
         }
+
+
+def _error(status: int, message: str, kind: str, param: str | None) -> tuple[int, dict[str, Any]]:
+    """vLLM's ErrorResponse (serve/engine/protocol.py): message, type, param and code."""
+    return status, {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def _tool_call_id() -> str:
+    # renderers/chat_utils.py, make_tool_call_id: "chatcmpl-tool-" and a random uuid's hex.
+    return f"chatcmpl-tool-{uuid.uuid4().hex}"
+
+
+def _tool_choice(request: dict[str, Any]) -> Any:
+    """The request's tool_choice; with tools and none given, "auto" (check_tool_usage)."""
+    if "tool_choice" not in request and request.get("tools"):
+        return "auto"
+    return request.get("tool_choice")
+
+
+def _named(choice: dict[str, Any]) -> Any:
+    function = choice.get("function")
+    return function.get("name") if isinstance(function, dict) else None
+
+
+# One return per check, in the order vLLM's validators make them.
+def _chat_request_problem(request: dict[str, Any]) -> tuple[str, str] | None:  # noqa: PLR0911
+    """What chat_completion/protocol.py's model validators refuse (validate_stream_options,
+    check_tool_usage), with the parameter they name; None for a request they accept."""
+    if request.get("stream_options") and not request.get("stream"):
+        return "Stream options can only be defined when `stream=True`.", "stream_options"
+    tools = request.get("tools")
+    if tools == []:
+        return (
+            "`tools` must not be an empty array. Either provide at least one tool or omit the "
+            "field entirely.",
+            "tools",
+        )
+    choice = _tool_choice(request)
+    if choice is None or choice == "none":
+        return None
+    if tools is None:
+        return "When using `tool_choice`, `tools` must be set.", "tool_choice"
+    if choice not in ("auto", "required") and not isinstance(choice, dict):
+        return (
+            f'Invalid value for `tool_choice`: {choice}! Only named tools, "none", "auto" or '
+            '"required" are supported.',
+            "tool_choice",
+        )
+    if isinstance(choice, dict):
+        name = _named(choice)
+        if not isinstance(name, str) or not name:
+            return f"Invalid `name` in `function` in `tool_choice`: {name!r}", "tool_choice"
+        if name not in {tool["function"]["name"] for tool in tools}:
+            return (
+                "The tool specified in `tool_choice` does not match any of the specified `tools`",
+                "tool_choice",
+            )
+    return None
