@@ -17,6 +17,12 @@ from components.identity import HostIdentity, HostIdentityArgs
 from components.load_balancer import LoadBalancer, LoadBalancerArgs
 from components.mirror import Mirror, MirrorArgs
 from components.network import Network, NetworkArgs
+from components.observability import (
+    AccessLogTraffic,
+    LoadBalancerTraffic,
+    Observability,
+    ObservabilityArgs,
+)
 from components.services import ProjectServices, ProjectServicesArgs
 from components.tls_proxy import TlsProxy, TlsProxyArgs
 from components.vllm_server import VllmServer, VllmServerArgs
@@ -47,7 +53,11 @@ network = Network(
     ),
     apis_on,
 )
-identity = HostIdentity("vllm", HostIdentityArgs(stack=stack.stack), apis_on)
+identity = HostIdentity(
+    "vllm",
+    HostIdentityArgs(stack=stack.stack, observability=stack.observability.enabled),
+    apis_on,
+)
 mirror = Mirror(
     "vllm",
     MirrorArgs(
@@ -87,6 +97,7 @@ if stack.fleet is None:
             docker_registry_host=mirror.registry_host,
             apt_mirror=mirror.apt_mirror,
             ssh_jump_host=stack.network.ssh_jump_host,
+            observability=stack.observability.enabled,
         ),
         apis_on,
     )
@@ -121,6 +132,7 @@ if stack.fleet is None:
         ),
     )
     endpoint_ready: list[pulumi.Resource] = [server.serving, proxy.site]
+    traffic: LoadBalancerTraffic | AccessLogTraffic = AccessLogTraffic(host.instance_id)
     operators = {
         "publicIp": host.public_ip,
         "privateIp": host.private_ip,
@@ -156,6 +168,7 @@ else:
             load_balancer_address=network.endpoint_address,
             proxy_subnet_cidr=stack.fleet.proxy_subnet_cidr,
             api_cidrs=stack.access.api_cidrs,
+            observability=stack.observability.enabled,
         ),
         pulumi.ResourceOptions(depends_on=[*services.services, *mirror.grants]),
     )
@@ -175,6 +188,9 @@ else:
         apis_on,
     )
     endpoint_ready = [fleet.rollout, load_balancer.forwarding_rule]
+    traffic = LoadBalancerTraffic(
+        load_balancer.forwarding_rule.name, internal=stack.network.private
+    )
     operators = {
         "publicIp": network.external_address,
         "privateIp": network.internal_address,
@@ -198,6 +214,22 @@ elastic = ElasticIntegration(
     ),
 )
 
+# The dashboard and the alert policies, of what the hosts' agent and the load balancer report.
+dashboard_url: pulumi.Output[str] | None = None
+if stack.observability.enabled:
+    observability = Observability(
+        "vllm",
+        ObservabilityArgs(
+            project=stack.project,
+            stack=stack.stack,
+            stack_label=stack.labels["stack"],
+            notification_channels=stack.notification_channels,
+            traffic=traffic,
+        ),
+        apis_on,
+    )
+    dashboard_url = observability.dashboard_url
+
 pulumi.export("endpoint", elastic.endpoint)
 pulumi.export("connectorUrl", elastic.connector_url)
 pulumi.export("apiKey", api_key.value)
@@ -209,3 +241,4 @@ pulumi.export("inferenceId", elastic.inference_id)  # with elastic.elasticsearch
 for key, value in operators.items():
     pulumi.export(key, value)
 pulumi.export("sshUser", stack.host.ssh_user)
+pulumi.export("dashboardUrl", dashboard_url)  # with observability, else null

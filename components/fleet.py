@@ -12,6 +12,10 @@ replicas with new ones before it removes old ones (maxUnavailable 0, maxSurge on
 regional group's fixed values must be: 0 or at least its number of zones), so with two replicas or
 more one always serves, and `pulumi up` returns once the group is stable on the new template
 (components/fleet_rollout.sh), or says which replica is not and why.
+
+With fleet.minReplicas and maxReplicas a regional autoscaler sizes the group on vLLM's load
+(docs/observability.md); a replica that leaves finishes its answers first (the load balancer's
+connection draining, the unit's drain on stop, the template's graceful shutdown).
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from components.config import FleetConfig, HostConfig, ModelConfig
 from components.credentials import secrets_env_output
 from components.host import BOOT_DISK_TYPE, nic_type, pinned_boot_image, scheduling
 from components.host_bundle import (
+    STOP_TIMEOUT_SECONDS,
     AptMirror,
     FleetBootLimits,
     LoadBalancerSite,
+    OpsAgent,
     SiteSettings,
     container_spec,
     file_bundle,
@@ -47,6 +53,7 @@ from components.host_bundle import (
 )
 from components.host_paths import HEALTH_PATH
 from components.network import HEALTH_CHECK_RANGES
+from components.observability import RUNNING, WAITING, vllm_metric_type, vllm_series
 from components.remote_access import COMPONENTS_DIR, step_limit_seconds
 from components.tls_proxy import SITE_TIMEOUT_MINUTES
 from components.vllm_server import (
@@ -67,6 +74,20 @@ TARGET_SHAPES = {
 # A replica's first start: the host setup, a ~12 GB image pull and the weights. The group does
 # not judge its health before this (the API's maximum).
 AUTOHEALING_INITIAL_DELAY_SECONDS = 3600
+# How long GCE lets a replica that is stopped or deleted (scale-in, a rollout, a repair) shut
+# down: vllm.service's own stop bound (its drain of the answers in flight, then docker stop:
+# host_bundle.STOP_TIMEOUT_SECONDS) and the rest of the OS's shutdown. Without graceful shutdown
+# GCE allows only a short time; with it, 1 to 3600 s (compute/docs/instances/
+# graceful-shutdown-overview).
+GRACEFUL_SHUTDOWN_SECONDS = STOP_TIMEOUT_SECONDS + 60
+# The autoscaler (docs/observability.md). A new replica's initialization period, during which
+# the autoscaler ignores its load: its first start, as long as autohealing waits for it.
+AUTOSCALER_INITIALIZATION_SECONDS = AUTOHEALING_INITIAL_DELAY_SECONDS
+# Requests waiting per replica the autoscaler keeps to: more queue asks for more replicas.
+TARGET_QUEUE_PER_REPLICA = 2
+# Scale-in removes at most one replica per window: a replica takes up to an hour to come back.
+SCALE_IN_STEP = 1
+SCALE_IN_WINDOW_SECONDS = 1800
 # The host setup of a replica: the single VM's host-ready wait.
 HOST_SETUP_TIMEOUT_MINUTES = 30
 # How long `pulumi up` waits for a rollout: a surge replica's first start, then the old ones'
@@ -90,12 +111,63 @@ def _resource_name(*parts: str, limit: int) -> str:
 
 def _template_scheduling(provisioning: str) -> gcp.compute.RegionInstanceTemplateSchedulingArgs:
     plan = scheduling(provisioning)  # as the single VM's
+    # A standard replica finishes its answers before it goes. A Spot one gets GCE's preemption
+    # notice whatever is set, so it is asked for on standard replicas only.
+    graceful = (
+        gcp.compute.RegionInstanceTemplateSchedulingGracefulShutdownArgs(
+            enabled=True,
+            max_duration=gcp.compute.RegionInstanceTemplateSchedulingGracefulShutdownMaxDurationArgs(
+                seconds=GRACEFUL_SHUTDOWN_SECONDS
+            ),
+        )
+        if provisioning == "standard"
+        else None
+    )
     return gcp.compute.RegionInstanceTemplateSchedulingArgs(
         on_host_maintenance=plan.on_host_maintenance,
         provisioning_model=plan.provisioning_model,
         preemptible=plan.preemptible,
         automatic_restart=plan.automatic_restart,
         instance_termination_action=plan.instance_termination_action,
+        graceful_shutdown=graceful,
+    )
+
+
+def autoscaling_policy(
+    fleet: FleetConfig, stack_label: str
+) -> gcp.compute.RegionAutoscalerAutoscalingPolicyArgs:
+    """Between minReplicas and maxReplicas on vLLM's load: its running and waiting requests.
+
+    The agent writes vLLM's metrics on the prometheus_target resource, not gce_instance, so they
+    can only be per-group metrics: a filter of `=` clauses joined by AND, whose matching series
+    (one per replica) the autoscaler sums, and a single-instance assignment, the share of that
+    total one replica takes (AutoscalingPolicyCustomMetricUtilization in the Compute API; the
+    autoscaler docs, "Scale based on Monitoring metrics"). One metric per policy: running and
+    waiting are two, and the autoscaler follows the one that asks for more replicas.
+    """
+    low, high = fleet.min_replicas, fleet.max_replicas
+    if low is None or high is None:
+        raise ValueError("an autoscaled fleet has minReplicas and maxReplicas (rules.check_fleet)")
+    shares = ((RUNNING, fleet.target_requests_per_replica), (WAITING, TARGET_QUEUE_PER_REPLICA))
+    return gcp.compute.RegionAutoscalerAutoscalingPolicyArgs(
+        min_replicas=low,
+        max_replicas=high,
+        mode="ON",
+        cooldown_period=AUTOSCALER_INITIALIZATION_SECONDS,
+        metrics=[
+            gcp.compute.RegionAutoscalerAutoscalingPolicyMetricArgs(
+                name=vllm_metric_type(metric),
+                filter=vllm_series(metric, stack_label),
+                single_instance_assignment=float(share),
+            )
+            for metric, share in shares
+        ],
+        scale_in_control=gcp.compute.RegionAutoscalerAutoscalingPolicyScaleInControlArgs(
+            max_scaled_in_replicas=gcp.compute.RegionAutoscalerAutoscalingPolicyScaleInControlMaxScaledInReplicasArgs(
+                fixed=SCALE_IN_STEP
+            ),
+            time_window_sec=SCALE_IN_WINDOW_SECONDS,
+        ),
     )
 
 
@@ -123,6 +195,7 @@ class FleetArgs:
     load_balancer_address: pulumi.Output[str]  # components/network.py
     proxy_subnet_cidr: str  # where the load balancer's proxies come from: Nginx trusts only them
     api_cidrs: Sequence[str]
+    observability: bool = True  # observability.enabled: the replicas run the Ops Agent
 
 
 class Fleet(pulumi.ComponentResource):
@@ -132,6 +205,7 @@ class Fleet(pulumi.ComponentResource):
     group_name: pulumi.Output[str]
     ssh_private_key: pulumi.Output[str]  # secret: operators reach replicas through IAP or a VPN
     rollout: local.Command  # done when the group is stable on the current template
+    autoscaler: gcp.compute.RegionAutoscaler | None  # with fleet.minReplicas and maxReplicas
 
     def __init__(
         self, name: str, args: FleetArgs, opts: pulumi.ResourceOptions | None = None
@@ -272,7 +346,13 @@ class Fleet(pulumi.ComponentResource):
             ),
             # fleet_rollout.sh waits, and says which replica is not ready and why.
             wait_for_instances=False,
-            opts=child,
+            # With an autoscaler the size is its business: target_size is Optional and Computed
+            # (resource_compute_region_instance_group_manager.go: "should never be set" when an
+            # autoscaler is attached), set here only for the create (minReplicas), and its
+            # changes ignored so that `pulumi up` never resizes the group back.
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["targetSize"] if args.fleet.autoscaled else None
+            ),
         )
         self.instance_group = group.instance_group
         self.group_name = group.name
@@ -295,9 +375,26 @@ class Fleet(pulumi.ComponentResource):
             update=script,
             interpreter=["bash", "-c"],
             add_previous_output_in_env=False,
-            # A new template or size is a new rollout to wait for.
-            triggers=[template.self_link, args.fleet.size],
+            # A new template or size is a new rollout to wait for. An autoscaled group's size
+            # moves on its own: the rollout waits for whatever size it has then.
+            triggers=(
+                [template.self_link]
+                if args.fleet.autoscaled
+                else [template.self_link, args.fleet.size]
+            ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[group]),
+        )
+        self.autoscaler = (
+            gcp.compute.RegionAutoscaler(
+                f"{name}-autoscaler",
+                region=args.region,
+                target=group.id,
+                autoscaling_policy=autoscaling_policy(args.fleet, args.labels["stack"]),
+                # Scaling starts once the group serves.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.rollout]),
+            )
+            if args.fleet.autoscaled
+            else None
         )
 
         self.register_outputs(
@@ -381,11 +478,12 @@ class Fleet(pulumi.ComponentResource):
         image = pulumi.Output.from_input(args.image)
         spec = image.apply(lambda ref: container_spec(model, args.tensor_parallel_size, ref))
         registry_host = args.registry_host
+        agent = OpsAgent(args.labels["stack"]) if args.observability else None
         host_setup: pulumi.Input[str] = (
-            startup_script(machine, args.gpu_check_image, registry_host)
+            startup_script(machine, args.gpu_check_image, registry_host, None, agent)
             if args.apt_mirror is None
             else pulumi.Output.from_input(args.apt_mirror).apply(
-                lambda apt: startup_script(machine, args.gpu_check_image, registry_host, apt)
+                lambda apt: startup_script(machine, args.gpu_check_image, registry_host, apt, agent)
             )
         )
         limits = FleetBootLimits(

@@ -4,8 +4,10 @@
 # being created, repaired or replaced), and when it is not within the deadline, says which
 # replica and why. Stable means serving: with autohealing, a new replica's currentAction stays
 # VERIFYING until its health check (vLLM ready behind Nginx) has answered HEALTHY once, and only
-# then becomes NONE (the Compute API, ManagedInstance.currentAction, VERIFYING). Rendered by components/fleet.py and run by a pulumi_command local.Command
-# after each change of the group's template or size.
+# then becomes NONE (the Compute API, ManagedInstance.currentAction, VERIFYING). Rendered by
+# components/fleet.py and run by a pulumi_command local.Command after each change of the group's
+# template, or of its fixed size. An autoscaled group's size is the autoscaler's: stable then
+# includes a resize it has under way.
 #
 # Why not the provider's own wait: it reports only "timeout while waiting for state", never the
 # replica nor its error (resource_compute_region_instance_group_manager.go,

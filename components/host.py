@@ -18,7 +18,7 @@ from pulumi_command import local, remote
 
 from components import catalogue
 from components.config import HOST_IMAGE, HostConfig
-from components.host_bundle import AptMirror, host_ready_script, startup_script
+from components.host_bundle import AptMirror, OpsAgent, host_ready_script, startup_script
 from components.remote_access import FIRST_DIAL_ATTEMPTS, connection, first_contact, host_step
 
 # Every machine type in the catalogue (A2, A3 High, G2) takes Balanced Persistent Disk as boot
@@ -47,6 +47,7 @@ class GpuHostArgs:
     docker_registry_host: str | None = None
     apt_mirror: pulumi.Input[AptMirror] | None = None
     ssh_jump_host: str | None = None  # network.sshJumpHost: user@host[:port]
+    observability: bool = True  # observability.enabled: the startup script runs the Ops Agent
 
 
 def image_family(reference: str) -> tuple[str, str] | None:
@@ -99,10 +100,12 @@ def _instance_scheduling(plan: Scheduling) -> gcp.compute.InstanceSchedulingArgs
 
 
 def _startup_script_input(machine: catalogue.MachineSpec, args: GpuHostArgs) -> pulumi.Input[str]:
+    registry = args.docker_registry_host
+    agent = OpsAgent(args.labels["stack"]) if args.observability else None
     if args.apt_mirror is None:
-        return startup_script(machine, args.gpu_check_image, args.docker_registry_host)
+        return startup_script(machine, args.gpu_check_image, registry, None, agent)
     return pulumi.Output.from_input(args.apt_mirror).apply(
-        lambda apt: startup_script(machine, args.gpu_check_image, args.docker_registry_host, apt)
+        lambda apt: startup_script(machine, args.gpu_check_image, registry, apt, agent)
     )
 
 

@@ -7,7 +7,8 @@ module's business: over SSH in single-VM mode (components/vllm_server.py, tls_pr
 through an instance's metadata.
 
 - `startup_script`: scripts/startup.sh, which GCE runs at every boot (host software, cache disk,
-  GPU check; the readiness contract in components/host_paths.py).
+  GPU check; the readiness contract in components/host_paths.py), carrying `ops_agent_config`,
+  the Ops Agent's configuration (docs/host-agent.md).
 - the vLLM service: `container_spec` (the vLLM command line), `vllm_unit` (the systemd unit),
   `secrets_env` (its root-only env file).
 - the Nginx site: `SiteSettings`, `nginx_site`.
@@ -25,6 +26,9 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import yaml
 
 from components import catalogue, host_paths
 from components.config import ModelConfig
@@ -60,13 +64,23 @@ class AptMirror:
     sources: str  # deb822 sources text naming the repositories
 
 
+@dataclass(frozen=True)
+class OpsAgent:
+    """The host half of observability.enabled: the Ops Agent, its scrape of vLLM labelled with
+    the stack (components/observability.py selects the stack's series by it)."""
+
+    stack_label: str  # StackConfig.labels["stack"]
+
+
 def startup_script(
     machine: catalogue.MachineSpec,
     gpu_check_image: str = GPU_CHECK_IMAGE,
     docker_registry_host: str | None = None,
     apt_mirror: AptMirror | None = None,
+    ops_agent: OpsAgent | None = None,
 ) -> str:
-    """scripts/startup.sh for this machine (host properties and mirrors, never workload ones)."""
+    """scripts/startup.sh for this machine (host properties and mirrors, never workload ones);
+    with `ops_agent`, the Ops Agent and its configuration, without it no agent runs."""
     if docker_registry_host is not None and not _DOCKER_REGISTRY_HOST.fullmatch(
         docker_registry_host
     ):
@@ -93,12 +107,114 @@ def startup_script(
             "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
             "STARTUP_LOG": host_paths.STARTUP_LOG,
             "CACHE_DIR": host_paths.CACHE_DIR,
+            "OBSERVABILITY": "enabled" if ops_agent is not None else "disabled",
+            "OPS_AGENT_CONFIG": host_paths.OPS_AGENT_CONFIG,
+            "OPS_AGENT_CONFIG_B64": base64.b64encode(
+                (ops_agent_config(ops_agent) if ops_agent is not None else "").encode()
+            ).decode(),
         },
     )
 
 
 # ------------------------------------------------------------------------------------------------
-# The vLLM service
+# The Ops Agent's configuration (docs/host-agent.md; schema: cloud.google.com/stackdriver/docs/
+# solutions/agents/ops-agent/configuration). The agent merges it with its built-in one, which on a
+# GPU VM already has the `hostmetrics` and `nvml` receivers (confgenerator/
+# built-in-config-linux-gpu.yaml in GoogleCloudPlatform/ops-agent): GPU utilisation and memory
+# need nothing here.
+
+# vLLM's Prometheus metrics, on loopback only (Nginx never serves /metrics).
+VLLM_METRICS_JOB = "vllm"
+VLLM_METRICS_SCRAPE_INTERVAL = "30s"
+VLLM_METRICS_TARGET = f"127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}"
+# The label the scrape puts on every vLLM series: the stack's label value.
+STACK_METRIC_LABEL = "vllm_gcp_stack"
+_STACK_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+# The access log's fields, in scripts/nginx-site.conf's `log_format vllm_gcp` order.
+NGINX_ACCESS_LOG_REGEX = (
+    r"^(?<remote_addr>\S+) \[(?<time_local>[^\]]+)\] "
+    r'"(?<method>\S+) (?<path>\S+) (?<protocol>[^"]+)" '
+    r"(?<status>\d{3}) (?<body_bytes_sent>\d+) (?<request_length>\d+) (?<request_time>[\d.]+) "
+    r'(?<upstream_response_time>\S+) "(?<user_agent>[^"]*)"$'
+)
+# Journal lines never shipped: any that looks like it carries a credential (vLLM releases before
+# PR #52523 could print the key; nothing in the pinned release does, this is the second guard),
+# and vLLM's own access-log line for each of the agent's scrapes of /metrics.
+JOURNAL_EXCLUDED = (
+    'jsonPayload.MESSAGE =~ "(?i)(authorization|bearer|api[_-]?key|hf_token)"',
+    'jsonPayload._SYSTEMD_UNIT = "vllm.service" AND jsonPayload.MESSAGE =~ "GET /metrics "',
+)
+_OPS_AGENT_HEADER = (
+    "# vllm-gcp: the Google Cloud Ops Agent's configuration (components/host_bundle.py,\n"
+    "# ops_agent_config), written by the startup script; the agent merges it with its own.\n"
+)
+
+
+def ops_agent_config(agent: OpsAgent) -> str:
+    """/etc/google-cloud-ops-agent/config.yaml: vLLM's metrics, Nginx's logs, the journal."""
+    if not _STACK_LABEL.fullmatch(agent.stack_label):
+        raise ValueError(f"{agent.stack_label!r} is not a GCE label value")
+    target = {"targets": [VLLM_METRICS_TARGET], "labels": {STACK_METRIC_LABEL: agent.stack_label}}
+    config: dict[str, Any] = {
+        "metrics": {
+            "receivers": {
+                "vllm_gcp_vllm": {
+                    "type": "prometheus",
+                    "config": {
+                        "scrape_configs": [
+                            {
+                                "job_name": VLLM_METRICS_JOB,
+                                "scrape_interval": VLLM_METRICS_SCRAPE_INTERVAL,
+                                "metrics_path": "/metrics",
+                                "static_configs": [target],
+                            }
+                        ]
+                    },
+                }
+            },
+            "service": {"pipelines": {"vllm_gcp_vllm": {"receivers": ["vllm_gcp_vllm"]}}},
+        },
+        "logging": {
+            "receivers": {
+                "vllm_gcp_nginx_access": {"type": "files", "include_paths": [ACCESS_LOG]},
+                "vllm_gcp_nginx_error": {"type": "nginx_error", "include_paths": [ERROR_LOG]},
+                "vllm_gcp_journal": {"type": "systemd_journald"},
+            },
+            "processors": {
+                "vllm_gcp_nginx_access_fields": {
+                    "type": "parse_regex",
+                    "regex": NGINX_ACCESS_LOG_REGEX,
+                    "time_key": "time_local",
+                    "time_format": "%d/%b/%Y:%H:%M:%S %z",
+                },
+                "vllm_gcp_journal_guard": {
+                    "type": "exclude_logs",
+                    "match_any": list(JOURNAL_EXCLUDED),
+                },
+            },
+            "service": {
+                "pipelines": {
+                    # The built-in pipeline tails /var/log/syslog, which rsyslog fills from the
+                    # journal: the journal pipeline below replaces it, with its guard.
+                    "default_pipeline": {"receivers": []},
+                    "vllm_gcp_nginx": {
+                        "receivers": ["vllm_gcp_nginx_access"],
+                        "processors": ["vllm_gcp_nginx_access_fields"],
+                    },
+                    "vllm_gcp_nginx_error": {"receivers": ["vllm_gcp_nginx_error"]},
+                    "vllm_gcp_journal": {
+                        "receivers": ["vllm_gcp_journal"],
+                        "processors": ["vllm_gcp_journal_guard"],
+                    },
+                }
+            },
+        },
+    }
+    return _OPS_AGENT_HEADER + yaml.safe_dump(config, sort_keys=False, width=1000)
+
+
+# The journal lines kept: vLLM's unit, the host scripts' own tags, and the kernel (NVIDIA Xid
+# errors are kernel lines).
 
 SERVICE_NAME = "vllm.service"
 CONTAINER_NAME = "vllm"
@@ -114,6 +230,39 @@ GCS_WEIGHTS_DIR = f"{host_paths.CACHE_DIR}/gcs-weights"
 CONTAINER_GCS_WEIGHTS = "/model"
 # A copy of the weights from Cloud Storage before a start, within the unit's TimeoutStartSec.
 WEIGHTS_COPY_SECONDS = 2100
+# The unit's TimeoutStartSec=40min (scripts/vllm.service): the start gate, a pull, a copy of the
+# weights.
+START_TIMEOUT_SECONDS = 2400
+
+# Drain on stop (scripts/drain_vllm.sh, docs/host-agent.md). The answers in flight get up to
+# DRAIN_LIMIT_SECONDS: Kibana waits 300 s for one (xpack.actions.responseTimeout, as
+# kibanaSettings sets it), so none it still waits for is cut off. The drain lasts at least
+# DRAIN_SETTLE_SECONDS: the load balancer's health check (components/load_balancer.py: every
+# 10 s, 5 s timeout, unhealthy after 3 failures) sees the failing health route within 35 s and
+# sends requests until then.
+DRAIN_LIMIT_SECONDS = 300
+DRAIN_SETTLE_SECONDS = 35
+DRAIN_POLL_SECONDS = 2
+# vLLM's own shutdown after SIGTERM, before Docker kills it.
+DOCKER_STOP_SECONDS = 60
+# The unit's TimeoutStopSec: the drain (its limit, a last poll) and docker stop, with a margin.
+# A VM stopped or deleted gets this long only with GCE's graceful shutdown (the fleet's instance
+# template); without it GCE allows 90 s (compute/docs/instances/graceful-shutdown-overview).
+STOP_TIMEOUT_SECONDS = DRAIN_LIMIT_SECONDS + DOCKER_STOP_SECONDS + 30
+VLLM_METRICS_URL = f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/metrics"
+
+
+def drain_command() -> list[str]:
+    """The unit's drain (its first ExecStop): scripts/drain_vllm.sh with its limits."""
+    return [
+        host_paths.DRAIN_HELPER_PATH,
+        host_paths.DRAIN_MARKER,
+        VLLM_METRICS_URL,
+        str(DRAIN_SETTLE_SECONDS),
+        str(DRAIN_LIMIT_SECONDS),
+        str(DRAIN_POLL_SECONDS),
+    ]
+
 
 # 0.9.x images start the OpenAI server module; from 0.10 the image's entrypoint is `vllm serve`.
 FIRST_VLLM_SERVE_RELEASE = (0, 10, 0)
@@ -296,6 +445,10 @@ def vllm_unit(spec: ContainerSpec, image: str, registry_host: str | None = None)
             "OFFLINE_ENVIRONMENT": offline,
             "WEIGHTS_COPY": weights_copy,
             "DOCKER_RUN": systemd_command_line(docker_run_command(spec, image), own_line=[image]),
+            "STOP_TIMEOUT_SECONDS": str(STOP_TIMEOUT_SECONDS),
+            "DRAIN_COMMAND": drain_command(),
+            "DRAIN_MARKER": host_paths.DRAIN_MARKER,
+            "DOCKER_STOP_SECONDS": str(DOCKER_STOP_SECONDS),
         },
     )
 
@@ -345,6 +498,9 @@ def run_script(image: str, registry_host: str | None = None) -> str:
             "SECRETS_ENV_FILE": host_paths.SECRETS_ENV_FILE,
             "REGISTRY_HOST": registry_host or "",
             "REGISTRY_LOGIN_PATH": host_paths.REGISTRY_LOGIN_PATH,
+            "DRAIN_HELPER_PATH": host_paths.DRAIN_HELPER_PATH,
+            # A restart stops (drain included) and starts; systemd's own limits end first.
+            "RESTART_SECONDS": str(STOP_TIMEOUT_SECONDS + START_TIMEOUT_SECONDS + 60),
         },
     )
 
@@ -499,6 +655,7 @@ class SiteSettings:
     client_body_timeout: str = CLIENT_BODY_TIMEOUT
     connections_per_address: int = CONNECTIONS_PER_ADDRESS
     load_balancer: LoadBalancerSite | None = None  # a fleet replica's; None on the single VM
+    drain_marker: str = host_paths.DRAIN_MARKER  # present while vLLM drains before a stop
 
 
 def access_rules(api_cidrs: Sequence[str]) -> Fragment:
@@ -534,6 +691,7 @@ def nginx_site(settings: SiteSettings) -> str:
         settings.access_log,
         settings.error_log,
         settings.acme_webroot,
+        settings.drain_marker,
     )
     for path in paths:
         if not path.startswith("/"):
@@ -573,6 +731,7 @@ def nginx_site(settings: SiteSettings) -> str:
             "CLIENT_HEADER_TIMEOUT": settings.client_header_timeout,
             "CLIENT_BODY_TIMEOUT": settings.client_body_timeout,
             "CONNECTIONS_PER_ADDRESS": str(settings.connections_per_address),
+            "DRAIN_MARKER": settings.drain_marker,
         },
         sections={"load_balancer": behind is not None},
     )

@@ -24,3 +24,11 @@ REGISTRY_LOGIN_PATH = "/usr/local/libexec/vllm-gcp/registry-login"
 # A fleet replica's health route: Nginx answers it with vLLM's own /health, to Google's health
 # checkers only (components/host_bundle.py, LoadBalancerSite).
 HEALTH_PATH = "/vllm-gcp-health"
+# Present while vllm.service drains before it stops (scripts/drain_vllm.sh): Nginx then refuses new
+# API requests (single VM) or fails the load balancer's health route (fleet). Under /run, so a
+# reboot never leaves it behind.
+DRAIN_MARKER = "/run/vllm-gcp/draining"
+# scripts/drain_vllm.sh, which the run step installs and the unit's ExecStop runs.
+DRAIN_HELPER_PATH = "/usr/local/libexec/vllm-gcp/drain-vllm"
+# The Ops Agent's user configuration (merged with its built-in one).
+OPS_AGENT_CONFIG = "/etc/google-cloud-ops-agent/config.yaml"

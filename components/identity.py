@@ -1,4 +1,5 @@
-"""The GPU host's identity: its own service account, with the two project roles it needs.
+"""The GPU host's identity: its own service account, with the two project roles its metrics and
+logs agent needs (only with observability on).
 
 Built first: the mirrors grant this account read access, and the host runs as it.
 """
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-# Least privilege: the host writes its logs and metrics, nothing else project-wide. Access to
-# a mirror repository or a weights bucket is granted on that resource alone (components/mirror.py).
+# Least privilege: the host's Ops Agent writes its logs and metrics, nothing else project-wide,
+# and without observability the host has no project role. Access to a mirror repository or a
+# weights bucket is granted on that resource alone (components/mirror.py).
 HOST_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
 # Where these resources lived before this component existed: the aliases keep existing stacks'
 # account (and the VM that runs as it) in place.
@@ -44,6 +46,7 @@ def role_resource_name(name: str, role: str) -> str:
 @dataclass(frozen=True)
 class HostIdentityArgs:
     stack: str
+    observability: bool = True  # observability.enabled: the agent's two roles
 
 
 class HostIdentity(pulumi.ComponentResource):
@@ -64,7 +67,7 @@ class HostIdentity(pulumi.ComponentResource):
             # Its account id is fixed: a replacement must delete first, or the create gets 409.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, aliases=moved),
         )
-        for role in HOST_ROLES:
+        for role in HOST_ROLES if args.observability else ():
             gcp.projects.IAMMember(
                 role_resource_name(name, role),
                 project=account.project,

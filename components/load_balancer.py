@@ -23,8 +23,11 @@ from components.host_paths import HEALTH_PATH
 HTTPS_PORT = 443
 # Past what Kibana waits for a non-streamed answer (the proxy's own read timeout, 900 s).
 BACKEND_TIMEOUT_SECONDS = 900
-# A replica leaving the group (scale-in, a rollout) finishes the answers it has in flight.
-CONNECTION_DRAINING_SECONDS = 900
+# A replica leaving the group (scale-in, a rollout, a repair) gets no new requests and keeps its
+# connections this long: as long as any answer may last here, so it finishes every one in flight.
+# The replica's own drain on stop (components/host_bundle.py, drain_command) and the template's
+# graceful shutdown (components/fleet.py) back it where the VM goes first.
+CONNECTION_DRAINING_SECONDS = BACKEND_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)

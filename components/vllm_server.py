@@ -30,9 +30,10 @@ from components.host_bundle import (
 from components.remote_access import host_step
 
 SECRETS_TIMEOUT_MINUTES = 5  # writes one file on a host already reachable
-# A first pull of the ~12 GB image (its own limit: 30 min), then the unit's start: its start
-# gate and a copy of the weights from Cloud Storage (41 min): both fit under the step's limit.
-RUN_TIMEOUT_MINUTES = 75
+# A first pull of the ~12 GB image (its own limit: 30 min), then the unit's restart: the drain
+# of the answers in flight and docker stop (6.5 min), its start gate and a copy of the weights
+# from Cloud Storage (41 min): all fit under the step's limit.
+RUN_TIMEOUT_MINUTES = 80
 SERVING_TIMEOUT_MINUTES = 65  # a first start downloads tens of GB of weights
 # The serving wait ends a few minutes before its step's limit, so it reports the container's
 # journal before the limit cuts it off.

@@ -22,14 +22,17 @@ readonly SECRETS_ENV_FILE="${ROOT}"{{ shell:SECRETS_ENV_FILE }}
 # installed (scripts/registry_login.sh).
 readonly REGISTRY_HOST={{ shell:REGISTRY_HOST }}
 readonly REGISTRY_LOGIN="${ROOT}"{{ shell:REGISTRY_LOGIN_PATH }}
+# scripts/drain_vllm.sh, the unit's first ExecStop: installed here, with the unit that calls it.
+readonly DRAIN_HELPER="${ROOT}"{{ shell:DRAIN_HELPER_PATH }}
 readonly LOG_LINES=50
 # The login's token request and docker login are bounded inside it too.
 readonly REGISTRY_LOGIN_SECONDS=300
 # A first pull of a ~12 GB vLLM image.
 readonly PULL_SECONDS=1800
-# The unit's TimeoutStartSec (40 min: the start gate, a pull, a copy of the weights) and a minute:
-# systemd gives up first, with its reason in the journal printed below.
-readonly RESTART_SECONDS=2460
+# The unit's TimeoutStopSec (the drain of the answers in flight, then docker stop), its
+# TimeoutStartSec (40 min: the start gate, a pull, a copy of the weights) and a minute: systemd
+# gives up first, with its reason in the journal printed below.
+readonly RESTART_SECONDS={{ shell:RESTART_SECONDS }}
 
 STAGED_UNIT="$(mktemp)"
 readonly STAGED_UNIT
@@ -69,6 +72,19 @@ pull_image() {
   bounded --root "$PULL_SECONDS" "pulling ${IMAGE}" docker pull "$IMAGE"
 }
 
+install_drain_helper() {
+  local staged
+  doing "installing ${DRAIN_HELPER}"
+  staged="$(mktemp)"
+  cat >"$staged" <<'VLLM_GCP_DRAIN_HELPER'
+# vllm-gcp:include drain_vllm.sh
+VLLM_GCP_DRAIN_HELPER
+  sudo -n install -d -m 0755 "$(dirname "$DRAIN_HELPER")"
+  sudo -n install -m 0755 "$staged" "$DRAIN_HELPER"
+  rm -f -- "$staged"
+  log "installed ${DRAIN_HELPER}"
+}
+
 install_unit() {
   doing "installing ${UNIT_FILE}"
   sudo -n install -m 0644 "$STAGED_UNIT" "${UNIT_FILE}.new"
@@ -98,5 +114,6 @@ read_unit
 prepare_cache
 log_in_to_registry
 pull_image
+install_drain_helper
 install_unit
 restart_service

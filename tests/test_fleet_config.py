@@ -45,6 +45,22 @@ def test_a_fleet_defaults_to_two_replicas_on_the_zones_that_offer_the_gpu() -> N
     assert config.fleet_zones == ["us-central1-a", "us-central1-c"]
 
 
+def test_an_autoscaled_fleet_starts_at_min_replicas_with_the_default_target() -> None:
+    config = config_of(fleet(minReplicas=1, maxReplicas=4))
+    assert config.fleet is not None
+    assert config.fleet.autoscaled
+    assert config.fleet.size == 1
+    assert config.fleet.target_requests_per_replica == 16
+
+
+def test_autoscaling_without_the_metrics_agent_is_refused() -> None:
+    found = problems(
+        fleet(minReplicas=1, maxReplicas=4), {"vllm-gcp:observability": {"enabled": False}}
+    )
+    assert set(found) == {"vllm-gcp:fleet.minReplicas"}
+    assert "vllm-gcp:observability.enabled" in found["vllm-gcp:fleet.minReplicas"]
+
+
 def test_zones_outside_the_region_or_without_the_gpu_are_refused() -> None:
     found = problems(fleet(zones=["us-east1-b", "us-central1-f", "us-central1-a"]))
     assert set(found) == {"vllm-gcp:fleet.zones[0]", "vllm-gcp:fleet.zones[1]"}
@@ -57,7 +73,9 @@ def test_zones_outside_the_region_or_without_the_gpu_are_refused() -> None:
     [
         ({"replicas": 0}, "vllm-gcp:fleet.replicas", "greater than or equal to 1"),
         ({"minReplicas": 3, "maxReplicas": 2}, "vllm-gcp:fleet.minReplicas", "above maxReplicas"),
-        ({"minReplicas": 1, "maxReplicas": 3}, "vllm-gcp:fleet.minReplicas", "no autoscaler"),
+        ({"maxReplicas": 3}, "vllm-gcp:fleet.minReplicas", "both bounds"),
+        ({"targetRequestsPerReplica": 8}, "vllm-gcp:fleet.targetRequestsPerReplica", "only"),
+        ({"targetRequestsPerReplica": 0}, "vllm-gcp:fleet.targetRequestsPerReplica", "1"),
         ({"replicas": 2, "minReplicas": 1}, "vllm-gcp:fleet.replicas", "not both"),
         ({"zones": ["us-central1-a", "us-central1-a"]}, "vllm-gcp:fleet.zones", "twice"),
         ({"targetShape": "round"}, "vllm-gcp:fleet.targetShape", "even"),
@@ -68,7 +86,9 @@ def test_zones_outside_the_region_or_without_the_gpu_are_refused() -> None:
     ids=[
         "no-replica",
         "min-above-max",
-        "no-autoscaler-yet",
+        "one-bound",
+        "target-without-autoscaling",
+        "no-request-per-replica",
         "fixed-and-autoscaled",
         "zone-twice",
         "unknown-shape",

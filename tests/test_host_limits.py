@@ -44,7 +44,7 @@ _WRAPPER = re.compile(
 DEFAULT_LIMITS = {
     "vllm-host-ready": ("user", 29 * 60),
     "vllm-secrets": ("user", 4 * 60),
-    "vllm-run": ("user", 74 * 60),
+    "vllm-run": ("user", 79 * 60),
     "vllm-serving": ("user", 64 * 60),
     "vllm-nginx-site": ("root", 9 * 60),
 }

@@ -38,6 +38,7 @@ CONTRACT_OUTPUTS = {
     "zone",
     "sshUser",
     "sshPrivateKey",
+    "dashboardUrl",
 }
 SECRET_OUTPUTS = {"apiKey", "kibanaConnector", "sshPrivateKey"}
 

@@ -94,6 +94,9 @@ class Host:
         for command in FAKED_COMMANDS:
             (bin_dir / command).symlink_to(STANDIN)
         (self.state / "driver").write_text(f"{driver}\n")
+        release = self.path("/etc/os-release")
+        release.parent.mkdir(parents=True, exist_ok=True)
+        release.write_text('NAME="Ubuntu"\nVERSION_ID="24.04"\nVERSION_CODENAME=noble\n')
         (self.base / "startup.sh").write_text(script or startup_script(self.machine))
         return self
 

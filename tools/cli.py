@@ -5,6 +5,7 @@
     vllm-gcp bench --stack prod               # the load benchmark (tools/bench.py)
     vllm-gcp e2e                              # the end-to-end run (tools/e2e.sh)
     vllm-gcp check-vllm prod                  # the pinned vLLM's parser (tools/check_vllm.py)
+    vllm-gcp image build --project P --zone Z # a prepared host image (tools/image_build.py)
 
 Each command parses its own options (`vllm-gcp COMMAND --help`); this module only picks the
 command, and its exit code is the command's. A command's module is imported only when it runs,
@@ -56,6 +57,12 @@ def _check_vllm(argv: list[str], prog: str) -> int:
     return check_vllm.main(argv, prog=prog)
 
 
+def _image(argv: list[str], prog: str) -> int:
+    from tools import image_build  # noqa: PLC0415 (imported when run)
+
+    return image_build.main(argv, prog=prog)
+
+
 def _e2e(argv: list[str], prog: str) -> int:
     """Replaces this process with tools/e2e.sh: its exit code and signals are the run's own."""
     bash = shutil.which("bash")
@@ -79,6 +86,7 @@ COMMANDS: dict[str, Command] = {
     "check-vllm": Command(
         "check the vLLM command line with the pinned vLLM release's own parser", _check_vllm
     ),
+    "image": Command("build a prepared host image on a throwaway VM (needs gcloud)", _image),
 }
 
 

@@ -6,7 +6,9 @@
 #
 # (`vllm-gcp e2e` runs this script; `bash tools/e2e.sh` is the same.) It creates billable
 # resources (the dev stack's GPU VM) for the length of the run; the summary at the end prints
-# the machine type, whether it was Spot, and the elapsed time.
+# the machine type, whether it was Spot, and the elapsed time. After `pulumi up` it reads the
+# first start's phases from the host over SSH (VM booted, host ready, vLLM image present, weights
+# loaded, serving), each in seconds after `pulumi up` began (docs/prepared-image.md).
 # Environment: GCP_PROJECT and SSH_CIDR (required); VLLM_GCP, the vllm-gcp command that runs the
 # smoke test (default: the project's venv/bin/vllm-gcp, else vllm-gcp on PATH).
 set -euo pipefail
@@ -21,6 +23,33 @@ readonly STACK_FILE="${REPO_DIR}/stacks/Pulumi.${STACK}.yaml"
 stack_created=false
 machine_type="unknown"
 provisioning="unknown"
+deploy_started=0
+timeline="not recorded"
+# Read on the host as root, printing "<phase> <epoch seconds or unknown>" lines only (never a log
+# line: journal lines may hold what the host must keep). The paths are components/host_paths.py's
+# (READY_MARKER, the prepared image's marker) and the container's name host_bundle.CONTAINER_NAME.
+# vLLM logs "Model loading took ..." once the weights are on the GPUs and uvicorn "Application
+# startup complete." once it serves.
+# shellcheck disable=SC2016
+readonly TIMELINE_PROBE='
+epoch() {
+  local at=0
+  [[ -z $1 ]] || at="$(date -u -d "$1" +%s 2>/dev/null)" || at=0
+  if ((at > 0)); then echo "${at}"; else echo unknown; fi
+}
+first_journal() {
+  local at
+  at="$(journalctl -u vllm.service -o short-unix --no-pager 2>/dev/null | grep -m1 -F "$1" | cut -d" " -f1)"
+  echo "${at%.*}"
+}
+echo "booted $(awk "/^btime/ { print \$2 }" /proc/stat)"
+echo "host_ready $(epoch "$(sed -n "s/^ready \([^ ]*\) .*/\1/p" /var/lib/vllm-gcp/host-ready 2>/dev/null)")"
+image="$(docker inspect -f "{{.Config.Image}}" vllm 2>/dev/null)"
+echo "image_present $(epoch "$(docker image inspect -f "{{.Metadata.LastTagTime}}" "$image" 2>/dev/null)")"
+echo "weights_loaded $(first_journal "Model loading took")"
+echo "serving $(first_journal "Application startup complete")"
+echo "prepared $([[ -f /usr/lib/vllm-gcp/prepared-image.env ]] && echo yes || echo no)"
+'
 
 log() {
   printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2
@@ -106,8 +135,60 @@ create_stack() {
 }
 
 deploy() {
+  deploy_started="$(date -u +%s)"
   log "pulumi up (a first start downloads the model: allow up to an hour)"
   pulumi up --stack "${STACK}" --yes --skip-preview --non-interactive
+}
+
+# "+<seconds after pulumi up began>", or the reason there is none.
+since_deploy() {
+  case "$1" in
+    "" | unknown) printf 'unknown' ;;
+    *) printf '%+ds' "$(($1 - deploy_started))" ;;
+  esac
+}
+
+# Best effort: a host it cannot reach leaves the run's result alone.
+record_timeline() {
+  local address user work probe phase at
+  address="$(pulumi stack output --stack "${STACK}" publicIp 2>/dev/null || true)"
+  user="$(pulumi stack output --stack "${STACK}" sshUser 2>/dev/null || true)"
+  if [[ -z "${address}" || "${address}" == null || -z "${user}" ]]; then
+    timeline="not recorded (no publicIp or sshUser output to reach the host)"
+    return 0
+  fi
+  work="$(mktemp -d)"
+  chmod 0700 "${work}"
+  # The stack's key, only for this connection; the host's key is new: trusted on first use.
+  if ! pulumi stack output --stack "${STACK}" --show-secrets sshPrivateKey >"${work}/key" 2>/dev/null; then
+    rm -rf -- "${work}"
+    timeline="not recorded (no sshPrivateKey output)"
+    return 0
+  fi
+  chmod 0600 "${work}/key"
+  log "reading the first start's phases from ${user}@${address}"
+  if ! probe="$(ssh -i "${work}/key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=20 \
+    -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o StrictHostKeyChecking=accept-new \
+    -o UserKnownHostsFile="${work}/known_hosts" "${user}@${address}" sudo -n bash -s \
+    <<<"${TIMELINE_PROBE}")"; then
+    rm -rf -- "${work}"
+    timeline="not recorded (ssh to ${address} failed)"
+    return 0
+  fi
+  rm -rf -- "${work}"
+  timeline=""
+  while read -r phase at; do
+    case "${phase}" in
+      booted) timeline+="VM booted $(since_deploy "${at}"), " ;;
+      host_ready) timeline+="host ready $(since_deploy "${at}"), " ;;
+      image_present) timeline+="image present $(since_deploy "${at}"), " ;;
+      weights_loaded) timeline+="weights loaded $(since_deploy "${at}"), " ;;
+      serving) timeline+="serving $(since_deploy "${at}"), " ;;
+      prepared) timeline+="prepared image ${at}" ;;
+      *) ;;
+    esac
+  done <<<"${probe}"
+  log "timeline: ${timeline}"
 }
 
 smoke_test() {
@@ -132,6 +213,7 @@ cleanup() {
       status=1
     fi
   fi
+  log "timeline after pulumi up began: ${timeline}"
   log "summary: stack ${STACK}, machine type ${machine_type}, spot $([[ "${provisioning}" == spot ]] && echo yes || echo no), elapsed $((SECONDS / 60))m$((SECONDS % 60))s, $([[ ${status} -eq 0 ]] && echo passed || echo "failed (exit ${status})")"
   exit "${status}"
 }
@@ -144,6 +226,7 @@ main() {
   trap 'exit 130' INT TERM
   create_stack
   deploy
+  record_timeline
   smoke_test
 }
 

@@ -272,7 +272,9 @@ def _apply_rules(sections: ParsedSections, zone: str | None, secrets: SecretText
         # A fleet's gcp:zone names its region only: its own zones are checked below.
         found += rules.check_machine(host, zone if sections.fleet is None else None)
         if sections.fleet is not None:
-            found += rules.check_fleet(sections.fleet, host, zone, tls, network)
+            found += rules.check_fleet(
+                sections.fleet, host, zone, tls, network, sections.observability
+            )
     if model is not None:
         found += rules.check_model_flags(model)
         if host is not None:

@@ -22,6 +22,7 @@ from components.config.schema import (
     MirrorConfig,
     ModelConfig,
     NetworkConfig,
+    ObservabilityConfig,
     TlsConfig,
 )
 
@@ -388,10 +389,14 @@ def _check_private_supplies(
         found.append(
             Problem(
                 f"{PROJECT}:host.image",
-                "a private host cannot install the NVIDIA container toolkit: only NVIDIA's apt "
-                "repository publishes it and Artifact Registry cannot mirror it "
-                "(mirror.aptRemote covers the Ubuntu archive); give host.image a prepared "
-                "image with Docker, the NVIDIA container toolkit and Nginx",
+                "the default image lacks what a private host cannot install: the NVIDIA "
+                "container toolkit (only NVIDIA's apt repository publishes it and Artifact "
+                "Registry cannot mirror it; mirror.aptRemote covers the Ubuntu archive) and the "
+                "Ops Agent (Google's own repository); give host.image a prepared image, built "
+                "once from a machine with gcloud by "
+                "`vllm-gcp image build --project PROJECT --zone ZONE`: the family it prints, "
+                "projects/PROJECT/global/images/family/vllm-host-2404-nvidia-580 "
+                "(docs/prepared-image.md)",
             )
         )
     return found
@@ -401,20 +406,45 @@ def _check_private_supplies(
 # The fleet: its size, its zones, and what its load balancer can serve
 
 
-def check_fleet(
+def check_fleet(  # noqa: PLR0913, PLR0917 (each config section the rule reads)
     fleet: FleetConfig,
     host: HostConfig,
     zone: str | None,
     tls: TlsConfig | None,
     network: NetworkConfig | None,
+    observability: ObservabilityConfig | None,
 ) -> list[Problem]:
-    """A size the group can have, zones of the region that offer the GPU, and settings the load
-    balancer can serve."""
+    """A size the group can have (and scale on), zones of the region that offer the GPU, and
+    settings the load balancer can serve."""
     return [
         *_check_fleet_size(fleet),
+        *_check_fleet_autoscaling(fleet, observability),
         *_check_fleet_zones(fleet, host, zone),
         *_check_fleet_serving(fleet, tls, network),
     ]
+
+
+def _check_fleet_autoscaling(
+    fleet: FleetConfig, observability: ObservabilityConfig | None
+) -> list[Problem]:
+    key = f"{PROJECT}:fleet"
+    if fleet.autoscaled and observability is not None and not observability.enabled:
+        # The autoscaler reads vLLM's load from what the host's metrics agent writes.
+        return [
+            Problem(
+                f"{key}.minReplicas",
+                "autoscaling scales on vLLM's load, which the hosts' metrics agent reports: set "
+                f"{PROJECT}:observability.enabled to true, or give fleet.replicas instead",
+            )
+        ]
+    if not fleet.autoscaled and "target_requests_per_replica" in fleet.model_fields_set:
+        return [
+            Problem(
+                f"{key}.targetRequestsPerReplica",
+                "only the autoscaler reads it: set minReplicas and maxReplicas, or remove it",
+            )
+        ]
+    return []
 
 
 def _check_fleet_size(fleet: FleetConfig) -> list[Problem]:
@@ -433,15 +463,6 @@ def _check_fleet_size(fleet: FleetConfig) -> list[Problem]:
     low, high = fleet.min_replicas, fleet.max_replicas
     if low is not None and high is not None and low > high:
         return [Problem(f"{key}.minReplicas", f"{low} is above maxReplicas {high}")]
-    if fleet.autoscaled:
-        # Nothing would scale the group yet: refused rather than a size that silently stays.
-        return [
-            Problem(
-                f"{key}.minReplicas",
-                "this version has no autoscaler: the group would stay at minReplicas and "
-                "maxReplicas would do nothing; set fleet.replicas instead",
-            )
-        ]
     return []
 
 

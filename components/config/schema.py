@@ -282,12 +282,19 @@ class ElasticConfig(Section):
         return f"vllm-{tail}"[:64].rstrip("-_.")
 
 
+# Requests one replica runs at the autoscaler's target (fleet.targetRequestsPerReplica): about
+# what the reference machine's KV cache holds of Elastic's long prompts (docs/observability.md).
+DEFAULT_TARGET_REQUESTS_PER_REPLICA = 16
+
+
 class FleetConfig(Section):
     """vllm-gcp:fleet: replicas on a regional managed instance group behind a load balancer."""
 
     replicas: int | None = Field(default=None, ge=1)  # a fixed size, or min/max (autoscaled)
     min_replicas: int | None = Field(default=None, ge=1)
     max_replicas: int | None = Field(default=None, ge=1)
+    # The autoscaler keeps vLLM's running requests per replica at or below this.
+    target_requests_per_replica: int = Field(default=DEFAULT_TARGET_REQUESTS_PER_REPLICA, ge=1)
     zones: list[Annotated[str, AfterValidator(_pattern(ZONE_NAME, "us-central1-a"))]] | None = (
         None  # default: the region's zones that offer the machine's GPU
     )
@@ -301,8 +308,8 @@ class FleetConfig(Section):
 
     @property
     def size(self) -> int:
-        """The group's size (the configuration refuses minReplicas/maxReplicas for now)."""
-        return self.replicas or DEFAULT_FLEET_REPLICAS
+        """The group's fixed size, or the size an autoscaled group starts at (minReplicas)."""
+        return self.replicas or self.min_replicas or DEFAULT_FLEET_REPLICAS
 
 
 DEFAULT_FLEET_REPLICAS = 2
@@ -390,6 +397,17 @@ class StackConfig:
     @property
     def tensor_parallel_size(self) -> int:
         return self.model.tensor_parallel_size or self.machine.gpu_count
+
+    @property
+    def notification_channels(self) -> list[str]:
+        """observability.notificationChannels as resource names: a bare id names a channel of
+        this stack's project."""
+        return [
+            channel
+            if channel.startswith("projects/")
+            else f"projects/{self.project}/notificationChannels/{channel}"
+            for channel in self.observability.notification_channels
+        ]
 
     @property
     def labels(self) -> dict[str, str]:

@@ -55,6 +55,13 @@ remember() {
   printf '%s\n' "$2" >>"${state}/$1"
 }
 
+forget() {
+  if [[ -f "${state}/$1" ]]; then
+    grep -vxF -- "$2" "${state}/$1" >"${state}/$1.tmp" || true
+    mv -f "${state}/$1.tmp" "${state}/$1"
+  fi
+}
+
 driver_state() {
   cat "${state}/driver" 2>/dev/null || echo absent
 }
@@ -114,6 +121,14 @@ systemctl_cmd() {
         listed enabled "$unit" || remember enabled "$unit"
         if [[ "$now" == true ]] && ! listed active "$unit"; then
           remember active "$unit"
+        fi
+      done
+      ;;
+    disable)
+      for unit in "${units[@]}"; do
+        forget enabled "$unit"
+        if [[ "$now" == true ]]; then
+          forget active "$unit"
         fi
       done
       ;;

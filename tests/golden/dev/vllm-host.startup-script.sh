@@ -18,7 +18,8 @@
 #
 # Idempotent: a second boot installs nothing and finishes in seconds. It installs only what is
 # missing: the NVIDIA driver only when `nvidia-smi` fails (the default image carries it), Docker
-# (Ubuntu's docker.io), NVIDIA's container toolkit, Nginx, and on NVSwitch machines (8 or more
+# (Ubuntu's docker.io), NVIDIA's container toolkit, Nginx, the Google Cloud Ops Agent (where
+# observability is enabled; stopped and disabled where it is not), and on NVSwitch machines (8 or more
 # GPUs) the fabric manager matching the driver. It reboots only when a driver it just installed
 # cannot load without one, and at most once. It keeps unattended-upgrades away from the NVIDIA
 # driver and Docker packages, which must not change under a running server.
@@ -205,6 +206,9 @@ readonly DRIVER_REBOOT_MARKER="${STATE_DIR}/driver-reboot-done"
 readonly REBOOTING_MARKER="${ROOT}"'/var/lib/vllm-gcp/rebooting'
 readonly REGISTRY_LOGIN="${ROOT}"'/usr/local/libexec/vllm-gcp/registry-login'
 readonly UNATTENDED_UPGRADES_CONFIG="${ROOT}/etc/apt/apt.conf.d/52vllm-gcp-unattended"
+# What a prepared image (`vllm-gcp image build`, scripts/prepare_image.sh) holds: KEY=value lines,
+# read here, never sourced. Outside /etc/vllm-gcp, which holds a stack's secrets and no image may.
+readonly PREPARED_IMAGE_MARKER="${ROOT}/usr/lib/vllm-gcp/prepared-image.env"
 readonly LOCAL_SSD_GLOB="${ROOT}/dev/disk/by-id/google-local-nvme-ssd-*"
 readonly CACHE_ARRAY="${ROOT}/dev/md/vllm-cache"
 readonly CACHE_LABEL="vllm-cache"
@@ -221,6 +225,19 @@ readonly METADATA_TOKEN_URL="http://metadata.google.internal/computeMetadata/v1/
 # "Installing with Apt"); its list file is written here rather than downloaded.
 readonly NVIDIA_TOOLKIT_REPO="https://nvidia.github.io/libnvidia-container"
 readonly NVIDIA_TOOLKIT_KEYRING="/etc/apt/keyrings/nvidia-container-toolkit.gpg"
+# The Google Cloud Ops Agent (observability.enabled): metrics and logs to Cloud Monitoring and
+# Cloud Logging, its configuration rendered by components/host_bundle.py (ops_agent_config).
+# Google's apt repository, as add-google-cloud-ops-agent-repo.sh writes it, pinned to one major
+# version (REPO_SUFFIX): google-cloud-ops-agent-<codename>-2 holds the 2.*.* releases only.
+readonly OBSERVABILITY='enabled'
+readonly OPS_AGENT_CONFIG="${ROOT}"'/etc/google-cloud-ops-agent/config.yaml'
+readonly OPS_AGENT_CONFIG_B64='IyB2bGxtLWdjcDogdGhlIEdvb2dsZSBDbG91ZCBPcHMgQWdlbnQncyBjb25maWd1cmF0aW9uIChjb21wb25lbnRzL2hvc3RfYnVuZGxlLnB5LAojIG9wc19hZ2VudF9jb25maWcpLCB3cml0dGVuIGJ5IHRoZSBzdGFydHVwIHNjcmlwdDsgdGhlIGFnZW50IG1lcmdlcyBpdCB3aXRoIGl0cyBvd24uCm1ldHJpY3M6CiAgcmVjZWl2ZXJzOgogICAgdmxsbV9nY3BfdmxsbToKICAgICAgdHlwZTogcHJvbWV0aGV1cwogICAgICBjb25maWc6CiAgICAgICAgc2NyYXBlX2NvbmZpZ3M6CiAgICAgICAgLSBqb2JfbmFtZTogdmxsbQogICAgICAgICAgc2NyYXBlX2ludGVydmFsOiAzMHMKICAgICAgICAgIG1ldHJpY3NfcGF0aDogL21ldHJpY3MKICAgICAgICAgIHN0YXRpY19jb25maWdzOgogICAgICAgICAgLSB0YXJnZXRzOgogICAgICAgICAgICAtIDEyNy4wLjAuMTo4MDAwCiAgICAgICAgICAgIGxhYmVsczoKICAgICAgICAgICAgICB2bGxtX2djcF9zdGFjazogZGV2CiAgc2VydmljZToKICAgIHBpcGVsaW5lczoKICAgICAgdmxsbV9nY3BfdmxsbToKICAgICAgICByZWNlaXZlcnM6CiAgICAgICAgLSB2bGxtX2djcF92bGxtCmxvZ2dpbmc6CiAgcmVjZWl2ZXJzOgogICAgdmxsbV9nY3BfbmdpbnhfYWNjZXNzOgogICAgICB0eXBlOiBmaWxlcwogICAgICBpbmNsdWRlX3BhdGhzOgogICAgICAtIC92YXIvbG9nL25naW54L3ZsbG0tZ2NwLWFjY2Vzcy5sb2cKICAgIHZsbG1fZ2NwX25naW54X2Vycm9yOgogICAgICB0eXBlOiBuZ2lueF9lcnJvcgogICAgICBpbmNsdWRlX3BhdGhzOgogICAgICAtIC92YXIvbG9nL25naW54L2Vycm9yLmxvZwogICAgdmxsbV9nY3Bfam91cm5hbDoKICAgICAgdHlwZTogc3lzdGVtZF9qb3VybmFsZAogIHByb2Nlc3NvcnM6CiAgICB2bGxtX2djcF9uZ2lueF9hY2Nlc3NfZmllbGRzOgogICAgICB0eXBlOiBwYXJzZV9yZWdleAogICAgICByZWdleDogXig/PHJlbW90ZV9hZGRyPlxTKykgXFsoPzx0aW1lX2xvY2FsPlteXF1dKylcXSAiKD88bWV0aG9kPlxTKykgKD88cGF0aD5cUyspICg/PHByb3RvY29sPlteIl0rKSIgKD88c3RhdHVzPlxkezN9KSAoPzxib2R5X2J5dGVzX3NlbnQ+XGQrKSAoPzxyZXF1ZXN0X2xlbmd0aD5cZCspICg/PHJlcXVlc3RfdGltZT5bXGQuXSspICg/PHVwc3RyZWFtX3Jlc3BvbnNlX3RpbWU+XFMrKSAiKD88dXNlcl9hZ2VudD5bXiJdKikiJAogICAgICB0aW1lX2tleTogdGltZV9sb2NhbAogICAgICB0aW1lX2Zvcm1hdDogJyVkLyViLyVZOiVIOiVNOiVTICV6JwogICAgdmxsbV9nY3Bfam91cm5hbF9ndWFyZDoKICAgICAgdHlwZTogZXhjbHVkZV9sb2dzCiAgICAgIG1hdGNoX2FueToKICAgICAgLSBqc29uUGF5bG9hZC5NRVNTQUdFID1+ICIoP2kpKGF1dGhvcml6YXRpb258YmVhcmVyfGFwaVtfLV0/a2V5fGhmX3Rva2VuKSIKICAgICAgLSBqc29uUGF5bG9hZC5fU1lTVEVNRF9VTklUID0gInZsbG0uc2VydmljZSIgQU5EIGpzb25QYXlsb2FkLk1FU1NBR0UgPX4gIkdFVCAvbWV0cmljcyAiCiAgc2VydmljZToKICAgIHBpcGVsaW5lczoKICAgICAgZGVmYXVsdF9waXBlbGluZToKICAgICAgICByZWNlaXZlcnM6IFtdCiAgICAgIHZsbG1fZ2NwX25naW54OgogICAgICAgIHJlY2VpdmVyczoKICAgICAgICAtIHZsbG1fZ2NwX25naW54X2FjY2VzcwogICAgICAgIHByb2Nlc3NvcnM6CiAgICAgICAgLSB2bGxtX2djcF9uZ2lueF9hY2Nlc3NfZmllbGRzCiAgICAgIHZsbG1fZ2NwX25naW54X2Vycm9yOgogICAgICAgIHJlY2VpdmVyczoKICAgICAgICAtIHZsbG1fZ2NwX25naW54X2Vycm9yCiAgICAgIHZsbG1fZ2NwX2pvdXJuYWw6CiAgICAgICAgcmVjZWl2ZXJzOgogICAgICAgIC0gdmxsbV9nY3Bfam91cm5hbAogICAgICAgIHByb2Nlc3NvcnM6CiAgICAgICAgLSB2bGxtX2djcF9qb3VybmFsX2d1YXJkCg=='
+readonly OPS_AGENT_PACKAGE="google-cloud-ops-agent"
+readonly OPS_AGENT_SERVICE="google-cloud-ops-agent"
+readonly OPS_AGENT_MAJOR=2
+readonly OPS_AGENT_REPO="https://packages.cloud.google.com/apt"
+readonly OPS_AGENT_KEYRING="/etc/apt/keyrings/google-cloud-ops-agent.gpg"
+readonly OS_RELEASE="${ROOT}/etc/os-release"
 # The 8- and 16-GPU A100/H100 machines (a2-highgpu-8g, a2-ultragpu-8g, a2-megagpu-16g,
 # a3-highgpu-8g) connect their GPUs through NVSwitches: CUDA cannot initialise there (error 802)
 # until nvidia-fabricmanager, at exactly the driver's version, has registered them in the fabric.
@@ -467,21 +484,53 @@ add_nvidia_toolkit_repository() {
     >"${APT_SOURCES}/nvidia-container-toolkit.list"
 }
 
+# The release's codename (noble), which names the Ops Agent's repository.
+os_codename() {
+  if [[ -f "$OS_RELEASE" ]]; then
+    sed -n 's/^VERSION_CODENAME=//p' "$OS_RELEASE" | tr -d '"' | head -n 1
+  fi
+}
+
+# Reached directly, never through the apt mirror: Artifact Registry's apt remote repositories
+# take no custom upstream (components/mirror.py), so a host without internet needs a prepared
+# image that carries the agent.
+add_ops_agent_repository() {
+  local codename
+  codename="$(os_codename)"
+  [[ -n "$codename" ]] || fail "no VERSION_CODENAME in ${OS_RELEASE}: cannot name the Ops Agent's repository"
+  mkdir -p "$APT_KEYRINGS" "$APT_SOURCES"
+  # Google's documented key (cloud.google.com/sdk/docs/install, "Debian/Ubuntu").
+  bounded "$KEY_DOWNLOAD_SECONDS" "downloading the Ops Agent's apt key" \
+    curl -fsSL --retry 5 --connect-timeout 20 --max-time 60 "${OPS_AGENT_REPO}/doc/apt-key.gpg" |
+    gpg --batch --yes --dearmor -o "${ROOT}${OPS_AGENT_KEYRING}" ||
+    fail "could not download the Ops Agent's apt key from ${OPS_AGENT_REPO} (a host without internet needs a prepared image that carries ${OPS_AGENT_PACKAGE}, or observability.enabled false)"
+  printf 'deb [signed-by=%s] %s google-cloud-ops-agent-%s-%s main\n' \
+    "$OPS_AGENT_KEYRING" "$OPS_AGENT_REPO" "$codename" "$OPS_AGENT_MAJOR" \
+    >"${APT_SOURCES}/google-cloud-ops-agent.list"
+}
+
 ensure_packages() {
   step "packages"
+  local wanted=(docker.io nvidia-container-toolkit nginx)
+  if [[ "$OBSERVABILITY" == enabled ]]; then
+    wanted+=("$OPS_AGENT_PACKAGE")
+  fi
   local missing=()
   local package
-  for package in docker.io nvidia-container-toolkit nginx; do
+  for package in "${wanted[@]}"; do
     if ! package_installed "$package"; then
       missing+=("$package")
     fi
   done
   if ((${#missing[@]} == 0)); then
-    log "Docker, NVIDIA container toolkit and Nginx present, nothing to install"
+    log "present, nothing to install: ${wanted[*]}"
     return
   fi
   if [[ " ${missing[*]} " == *" nvidia-container-toolkit "* ]]; then
     add_nvidia_toolkit_repository
+  fi
+  if [[ " ${missing[*]} " == *" ${OPS_AGENT_PACKAGE} "* ]]; then
+    add_ops_agent_repository
   fi
   log "installing: ${missing[*]}"
   apt_install "${missing[@]}"
@@ -535,6 +584,36 @@ configure_nginx() {
   elif ! systemctl is-active --quiet nginx; then
     run_bounded "$SERVICE_SECONDS" "starting nginx" systemctl enable --now nginx
   fi
+}
+
+# observability.enabled: the agent runs with the stack's configuration (restarted when it
+# changes). Disabled: an agent installed earlier is stopped and disabled, and stays so.
+configure_ops_agent() {
+  step "ops-agent"
+  if [[ "$OBSERVABILITY" != enabled ]]; then
+    if package_installed "$OPS_AGENT_PACKAGE" &&
+      { systemctl is-enabled --quiet "$OPS_AGENT_SERVICE" || systemctl is-active --quiet "$OPS_AGENT_SERVICE"; }; then
+      run_bounded "$SERVICE_SECONDS" "stopping ${OPS_AGENT_SERVICE}" \
+        systemctl disable --now "$OPS_AGENT_SERVICE"
+      log "observability is disabled: ${OPS_AGENT_SERVICE} stopped and disabled"
+    else
+      log "observability is disabled: no agent runs"
+    fi
+    return
+  fi
+  mkdir -p "$(dirname "$OPS_AGENT_CONFIG")"
+  local pending="${OPS_AGENT_CONFIG}.tmp"
+  base64 -d <<<"$OPS_AGENT_CONFIG_B64" >"$pending"
+  if cmp -s "$pending" "$OPS_AGENT_CONFIG" && systemctl is-active --quiet "$OPS_AGENT_SERVICE"; then
+    rm -f "$pending"
+    log "${OPS_AGENT_SERVICE} runs with the current configuration"
+    return
+  fi
+  mv -f "$pending" "$OPS_AGENT_CONFIG"
+  log "wrote ${OPS_AGENT_CONFIG}"
+  run systemctl enable "$OPS_AGENT_SERVICE"
+  run_bounded "$SERVICE_SECONDS" "restarting ${OPS_AGENT_SERVICE}" \
+    systemctl restart "$OPS_AGENT_SERVICE"
 }
 
 local_ssds() {
@@ -777,6 +856,29 @@ check_gpu_container() {
     fail "a --gpus all container cannot run nvidia-smi"
 }
 
+# prepared_image_value KEY: the value of KEY in the prepared image's marker (empty when absent).
+prepared_image_value() {
+  sed -n "s/^$1=//p" "$PREPARED_IMAGE_MARKER" | head -n 1
+}
+
+# A prepared image already holds the software below and the images it names: each install
+# function then finds its part present and installs nothing. The run step pulls model.image
+# whatever the image holds: Docker fetches only the layers it does not have.
+report_prepared_image() {
+  step "prepared-image"
+  if [[ ! -f "$PREPARED_IMAGE_MARKER" ]]; then
+    log "not a prepared image (no ${PREPARED_IMAGE_MARKER}): installing what is missing"
+    return
+  fi
+  log "prepared image built $(prepared_image_value BUILT_AT) from $(prepared_image_value BASE_IMAGE):" \
+    "NVIDIA driver $(prepared_image_value NVIDIA_DRIVER), docker.io $(prepared_image_value DOCKER)," \
+    "nvidia-container-toolkit $(prepared_image_value NVIDIA_CONTAINER_TOOLKIT)," \
+    "nginx $(prepared_image_value NGINX), Ops Agent $(prepared_image_value OPS_AGENT)"
+  log "prepared image holds $(prepared_image_value VLLM_IMAGE) and $(prepared_image_value GPU_CHECK_IMAGE);" \
+    "a model.image other than $(prepared_image_value VLLM_IMAGE) is pulled by the run step" \
+    "(only the layers this image lacks)"
+}
+
 mark_ready() {
   step "ready"
   local pending="${READY_MARKER}.tmp"
@@ -791,6 +893,7 @@ main() {
   export HOME="${HOME:-/root}"
   begin_boot
   trap 'on_error "$LINENO" "$?" "$BASH_COMMAND"' ERR
+  report_prepared_image
   hold_back_unattended_upgrades
   configure_apt_sources
   ensure_nvidia_driver
@@ -799,6 +902,7 @@ main() {
   configure_docker
   install_registry_login
   configure_nginx
+  configure_ops_agent
   prepare_cache
   check_gpus
   check_gpu_fabric
@@ -806,4 +910,7 @@ main() {
   mark_ready
 }
 
-main "$@"
+# Sourced (scripts/prepare_image.sh on the image builder), it only defines its functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

@@ -171,14 +171,17 @@ readonly SECRETS_ENV_FILE="${ROOT}"'/etc/vllm-gcp/secrets.env'
 # installed (scripts/registry_login.sh).
 readonly REGISTRY_HOST=''
 readonly REGISTRY_LOGIN="${ROOT}"'/usr/local/libexec/vllm-gcp/registry-login'
+# scripts/drain_vllm.sh, the unit's first ExecStop: installed here, with the unit that calls it.
+readonly DRAIN_HELPER="${ROOT}"'/usr/local/libexec/vllm-gcp/drain-vllm'
 readonly LOG_LINES=50
 # The login's token request and docker login are bounded inside it too.
 readonly REGISTRY_LOGIN_SECONDS=300
 # A first pull of a ~12 GB vLLM image.
 readonly PULL_SECONDS=1800
-# The unit's TimeoutStartSec (40 min: the start gate, a pull, a copy of the weights) and a minute:
-# systemd gives up first, with its reason in the journal printed below.
-readonly RESTART_SECONDS=2460
+# The unit's TimeoutStopSec (the drain of the answers in flight, then docker stop), its
+# TimeoutStartSec (40 min: the start gate, a pull, a copy of the weights) and a minute: systemd
+# gives up first, with its reason in the journal printed below.
+readonly RESTART_SECONDS='2850'
 
 STAGED_UNIT="$(mktemp)"
 readonly STAGED_UNIT
@@ -218,6 +221,92 @@ pull_image() {
   bounded --root "$PULL_SECONDS" "pulling ${IMAGE}" docker pull "$IMAGE"
 }
 
+install_drain_helper() {
+  local staged
+  doing "installing ${DRAIN_HELPER}"
+  staged="$(mktemp)"
+  cat >"$staged" <<'VLLM_GCP_DRAIN_HELPER'
+#!/usr/bin/env bash
+# vllm-gcp drain: the first ExecStop of vllm.service (scripts/vllm.service), so it runs on
+# `systemctl stop`/`restart`, on a shutdown (an autoscaler's scale-in, a group's update, a VM
+# deletion) and before `docker stop`. Installed by the run step (scripts/install_vllm.sh).
+#
+#   drain-vllm MARKER METRICS_URL SETTLE_SECONDS LIMIT_SECONDS POLL_SECONDS
+#
+# 1. Writes MARKER: Nginx then refuses new API requests (single VM) or fails the load balancer's
+#    health route, so the load balancer sends this replica nothing new (fleet).
+# 2. Waits until vLLM has no request running or waiting (vllm:num_requests_running and
+#    vllm:num_requests_waiting on its loopback /metrics, every POLL_SECONDS) and SETTLE_SECONDS
+#    have passed (the load balancer's health check needs that long to see the failure, and
+#    sends requests until then), or until LIMIT_SECONDS, whichever comes first.
+# 3. Exits 0 whatever happened: the unit's next ExecStop stops the container. vLLM not
+#    answering means there is nothing left to finish.
+#
+# Lines go to stderr, which systemd puts in the unit's journal. No secret passes through here:
+# /metrics answers without the API key.
+set -euo pipefail
+
+readonly LOG_TAG="vllm-gcp-drain"
+readonly REQUEST_SECONDS=5
+
+log() {
+  printf '%s: %s\n' "$LOG_TAG" "$*" >&2
+}
+
+# Requests in flight (running plus waiting, over every series), from the Prometheus text on
+# stdin; nothing when neither metric is there. Labels go first: a label value may hold a space.
+in_flight() {
+  awk '
+    /^vllm:num_requests_(running|waiting)[{ ]/ {
+      line = $0
+      sub(/\{.*\}/, "", line)
+      split(line, field, " ")
+      total += field[2]
+      seen = 1
+    }
+    END { if (seen) printf "%d\n", total }'
+}
+
+main() {
+  if (($# != 5)); then
+    log "usage: drain-vllm MARKER METRICS_URL SETTLE_SECONDS LIMIT_SECONDS POLL_SECONDS"
+    exit 2
+  fi
+  local marker=$1 url=$2 settle=$3 limit=$4 poll=$5 metrics count
+  mkdir -p -- "$(dirname -- "$marker")"
+  : >"$marker"
+  log "draining: new requests are refused from now on (${marker}); waiting up to ${limit} s for the ones in flight"
+  while :; do
+    if ! metrics="$(curl -fsS --max-time "$REQUEST_SECONDS" "$url" 2>/dev/null)"; then
+      log "vLLM does not answer on ${url}: nothing left to finish"
+      return 0
+    fi
+    count="$(in_flight <<<"$metrics")"
+    if [[ -z $count ]]; then
+      log "${url} has no vllm:num_requests_running or vllm:num_requests_waiting: not waiting"
+      return 0
+    fi
+    if ((count == 0 && SECONDS >= settle)); then
+      log "drained after ${SECONDS} s: no request running or waiting"
+      return 0
+    fi
+    if ((SECONDS >= limit)); then
+      log "drain limit of ${limit} s reached with ${count} request(s) in flight: stopping anyway"
+      return 0
+    fi
+    sleep "$poll"
+  done
+}
+
+main "$@"
+# --- end of drain_vllm.sh
+VLLM_GCP_DRAIN_HELPER
+  sudo -n install -d -m 0755 "$(dirname "$DRAIN_HELPER")"
+  sudo -n install -m 0755 "$staged" "$DRAIN_HELPER"
+  rm -f -- "$staged"
+  log "installed ${DRAIN_HELPER}"
+}
+
 install_unit() {
   doing "installing ${UNIT_FILE}"
   sudo -n install -m 0644 "$STAGED_UNIT" "${UNIT_FILE}.new"
@@ -247,7 +336,8 @@ read_unit
 prepare_cache
 log_in_to_registry
 pull_image
+install_drain_helper
 install_unit
 restart_service
 VLLM_GCP_STEP_SCRIPT_END
-) && exec timeout --kill-after=20 4440 env VLLM_GCP_STEP_LIMIT_SECONDS=4440 bash -c "$VLLM_GCP_STEP_SCRIPT"
+) && exec timeout --kill-after=20 4740 env VLLM_GCP_STEP_LIMIT_SECONDS=4740 bash -c "$VLLM_GCP_STEP_SCRIPT"
