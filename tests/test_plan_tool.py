@@ -1,10 +1,10 @@
 """The offline plan (`vllm-gcp plan`): both stacks validate, print what a reviewer needs, write
 redacted files, the same bytes each time, and diff; failures exit 2 with one message.
 
-The checked-in stacks are planned once for the module: prod twice, as two processes at once (the
-installed `vllm-gcp` from a directory outside the repository, and `python -m tools.cli`), for the
-same bytes; dev and prod with a longer context in this process, then each of their directories
-against prod's. The other tests run the CLI in this process too.
+The checked-in stacks are planned once for the module: prod twice, in two processes (the
+installed `vllm-gcp` from a directory outside the repository, and this one), for the same bytes;
+dev and prod with a longer context, then each of their directories against prod's. The other
+tests run the CLI in this process too, but where an exit code or a crash is the point.
 """
 
 from __future__ import annotations
@@ -75,11 +75,10 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> Plans:
     base = tmp_path_factory.mktemp("plans")
     out = {name: base / name for name in ("prod", "prod-again", "dev", "longer-context")}
     elsewhere = tmp_path_factory.mktemp("elsewhere")  # the installed command needs no checkout
-    started = {
-        "prod": _start([str(INSTALLED)], elsewhere, "prod", "--out", str(out["prod"])),
-        "prod-again": _start(MODULE, ROOT, "prod", "--out", str(out["prod-again"])),
-    }
+    # Two processes (two hash seeds): the installed command, and this one.
+    prod = _start([str(INSTALLED)], elsewhere, "prod", "--out", str(out["prod"]))
     runs = {
+        "prod-again": _in_process("prod", "--out", str(out["prod-again"])),
         "dev": _in_process("dev", "--out", str(out["dev"])),
         "longer-context": _in_process(
             "stacks/Pulumi.prod.yaml",
@@ -87,7 +86,7 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> Plans:
             *("--out", str(out["longer-context"])),
         ),
     }
-    runs.update({name: _finish(process) for name, process in started.items()})
+    runs["prod"] = _finish(prod)
     runs.update(
         {
             f"{name}-against-prod": _in_process(str(out[name]), "--against", str(out["prod"]))

@@ -35,6 +35,10 @@ def _prepare(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "tools" / "setup-dev.sh", project / "tools")
     for name in ("pyproject.toml", "requirements-dev.txt"):
         shutil.copy(ROOT / name, project)
+    # What the set-up byte-compiles (the stand-in python refuses a path that does not exist).
+    (project / "__main__.py").touch()
+    for directory in ("components", "tests", "benchmarks"):
+        (project / directory).mkdir()
     (tmp_path / "bin").mkdir()
     (tmp_path / "state").mkdir()
     for command in COMMANDS:
@@ -89,6 +93,10 @@ def test_a_supported_python_sets_up_with_progress(tmp_path: Path) -> None:
     pip_log = (run.project / "venv" / "setup-dev-pip.log").read_text()
     assert pip_log.count("Collecting ") == LOCKED
     assert _commands(run, "apt-get") == []
+    # The project's modules are compiled once, for every test worker and tool process after.
+    assert [c for c in run.calls if "compileall" in c] == [
+        "python -m compileall -q -j 0 __main__.py components tools tests benchmarks"
+    ]
     installs = [call for call in _commands(run, "python") if " install " in call]
     assert [call.split()[4:] for call in installs] == [
         ["--disable-pip-version-check", "--progress-bar", "off", "--require-hashes",

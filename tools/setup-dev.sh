@@ -191,6 +191,14 @@ install_project() {
     --no-deps --no-build-isolation --editable "${PROJECT_DIR}"
 }
 
+compile_project() {
+  # Once here rather than in every test worker and every tool process: Python reads these even
+  # where it is told not to write them (PYTHONDONTWRITEBYTECODE).
+  log "compiling the project's modules"
+  (cd "${PROJECT_DIR}" &&
+    timeout 120 "${VENV}/bin/python" -m compileall -q -j 0 __main__.py components tools tests benchmarks)
+}
+
 main() {
   local version=""
   if ! venv_ready; then
@@ -203,6 +211,7 @@ main() {
   fi
   install_locked_packages
   install_project
+  compile_project
   log "done: run the tests with venv/bin/pytest, the tools with venv/bin/vllm-gcp --help"
 }
 

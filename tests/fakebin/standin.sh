@@ -18,7 +18,7 @@
 #   FAKE_RESOLVES_TO  the IPv4 address getent gives every name (default 1.2.3.4)
 set -euo pipefail
 
-name="$(basename "$0")"
+name="${0##*/}"
 state="${FAKE_STATE:?FAKE_STATE must name the stand-ins state directory}"
 root="${VLLM_GCP_ROOT:-}"
 printf '%s\n' "$name $*" >>"${state}/calls.log"

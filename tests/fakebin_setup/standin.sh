@@ -118,6 +118,14 @@ case "${name}" in
         case "${2:-}" in
           venv) shift 2 && make_venv "$@" ;;
           pip) shift 2 && venv_pip "$@" ;;
+          # Byte-compiles the named files and directories, relative to the working directory.
+          compileall)
+            shift 2
+            for arg in "$@"; do
+              [[ "${arg}" == -* || "${arg}" =~ ^[0-9]+$ || -e "${arg}" ]] ||
+                { echo "Can't list '${arg}'" >&2 && exit 1; }
+            done
+            ;;
           *) unexpected "$@" ;;
         esac
         ;;
