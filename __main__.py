@@ -38,6 +38,7 @@ services = ProjectServices(
         mirrors=stack.mirror.docker_remote or stack.mirror.apt_remote,
         gcs_weights=stack.model.source == "gcs",
         fleet=stack.fleet is not None,
+        observability=stack.observability.enabled,
     ),
 )
 apis_on = pulumi.ResourceOptions(depends_on=services.services)

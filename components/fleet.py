@@ -15,7 +15,7 @@ more one always serves, and `pulumi up` returns once the group is stable on the 
 
 With fleet.minReplicas and maxReplicas a regional autoscaler sizes the group on vLLM's load
 (docs/observability.md); a replica that leaves finishes its answers first (the load balancer's
-connection draining, the unit's drain on stop, the template's graceful shutdown).
+connection draining, then the unit's drain on stop).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from components.config import FleetConfig, HostConfig, ModelConfig
 from components.credentials import secrets_env_output
 from components.host import BOOT_DISK_TYPE, nic_type, pinned_boot_image, scheduling
 from components.host_bundle import (
-    STOP_TIMEOUT_SECONDS,
     AptMirror,
     FleetBootLimits,
     LoadBalancerSite,
@@ -74,12 +73,6 @@ TARGET_SHAPES = {
 # A replica's first start: the host setup, a ~12 GB image pull and the weights. The group does
 # not judge its health before this (the API's maximum).
 AUTOHEALING_INITIAL_DELAY_SECONDS = 3600
-# How long GCE lets a replica that is stopped or deleted (scale-in, a rollout, a repair) shut
-# down: vllm.service's own stop bound (its drain of the answers in flight, then docker stop:
-# host_bundle.STOP_TIMEOUT_SECONDS) and the rest of the OS's shutdown. Without graceful shutdown
-# GCE allows only a short time; with it, 1 to 3600 s (compute/docs/instances/
-# graceful-shutdown-overview).
-GRACEFUL_SHUTDOWN_SECONDS = STOP_TIMEOUT_SECONDS + 60
 # The autoscaler (docs/observability.md). A new replica's initialization period, during which
 # the autoscaler ignores its load: its first start, as long as autohealing waits for it.
 AUTOSCALER_INITIALIZATION_SECONDS = AUTOHEALING_INITIAL_DELAY_SECONDS
@@ -111,25 +104,16 @@ def _resource_name(*parts: str, limit: int) -> str:
 
 def _template_scheduling(provisioning: str) -> gcp.compute.RegionInstanceTemplateSchedulingArgs:
     plan = scheduling(provisioning)  # as the single VM's
-    # A standard replica finishes its answers before it goes. A Spot one gets GCE's preemption
-    # notice whatever is set, so it is asked for on standard replicas only.
-    graceful = (
-        gcp.compute.RegionInstanceTemplateSchedulingGracefulShutdownArgs(
-            enabled=True,
-            max_duration=gcp.compute.RegionInstanceTemplateSchedulingGracefulShutdownMaxDurationArgs(
-                seconds=GRACEFUL_SHUTDOWN_SECONDS
-            ),
-        )
-        if provisioning == "standard"
-        else None
-    )
+    # No graceful_shutdown: a [Beta] field of the provider, and GCE's graceful shutdown (Preview)
+    # is "not available for managed instance groups" (compute/docs/instances/
+    # graceful-shutdown-overview). A leaving replica's answers finish in the load balancer's
+    # connection draining, before the group deletes it (components/load_balancer.py).
     return gcp.compute.RegionInstanceTemplateSchedulingArgs(
         on_host_maintenance=plan.on_host_maintenance,
         provisioning_model=plan.provisioning_model,
         preemptible=plan.preemptible,
         automatic_restart=plan.automatic_restart,
         instance_termination_action=plan.instance_termination_action,
-        graceful_shutdown=graceful,
     )
 
 
@@ -500,7 +484,7 @@ class Fleet(pulumi.ComponentResource):
             "vllm-gcp-host-setup": host_setup,
             "vllm-gcp-step-secrets": secrets_script(),
             "vllm-gcp-unit": pulumi.Output.all(spec, image).apply(
-                lambda v: vllm_unit(v[0], v[1], registry_host)
+                lambda v: vllm_unit(v[0], v[1], registry_host, behind_load_balancer=True)
             ),
             "vllm-gcp-step-run": image.apply(lambda ref: run_script(ref, registry_host)),
             "vllm-gcp-step-proxy": proxy_script(),

@@ -246,19 +246,23 @@ DRAIN_POLL_SECONDS = 2
 # vLLM's own shutdown after SIGTERM, before Docker kills it.
 DOCKER_STOP_SECONDS = 60
 # The unit's TimeoutStopSec: the drain (its limit, a last poll) and docker stop, with a margin.
-# A VM stopped or deleted gets this long only with GCE's graceful shutdown (the fleet's instance
-# template); without it GCE allows 90 s (compute/docs/instances/graceful-shutdown-overview).
+# A VM that GCE stops or deletes gets about 90 s to shut down (compute/docs/instances/
+# graceful-shutdown-overview, which managed groups cannot use): there the drain is cut short,
+# and a fleet's answers in flight have already finished in the load balancer's connection
+# draining (components/load_balancer.py).
 STOP_TIMEOUT_SECONDS = DRAIN_LIMIT_SECONDS + DOCKER_STOP_SECONDS + 30
 VLLM_METRICS_URL = f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/metrics"
 
 
-def drain_command() -> list[str]:
-    """The unit's drain (its first ExecStop): scripts/drain_vllm.sh with its limits."""
+def drain_command(behind_load_balancer: bool) -> list[str]:
+    """The unit's drain (its first ExecStop): scripts/drain_vllm.sh with its limits. Only a
+    replica waits for a health check to see it go; the single VM has none to wait for, so a
+    restart without answers in flight goes at once."""
     return [
         host_paths.DRAIN_HELPER_PATH,
         host_paths.DRAIN_MARKER,
         VLLM_METRICS_URL,
-        str(DRAIN_SETTLE_SECONDS),
+        str(DRAIN_SETTLE_SECONDS if behind_load_balancer else 0),
         str(DRAIN_LIMIT_SECONDS),
         str(DRAIN_POLL_SECONDS),
     ]
@@ -417,9 +421,16 @@ def weights_copy_command(source: str, target: str) -> list[str]:
     return ["/bin/sh", "-c", script, "weights-copy", source, target]
 
 
-def vllm_unit(spec: ContainerSpec, image: str, registry_host: str | None = None) -> str:
+def vllm_unit(
+    spec: ContainerSpec,
+    image: str,
+    registry_host: str | None = None,
+    *,
+    behind_load_balancer: bool = False,
+) -> str:
     """The systemd unit that runs the container (scripts/vllm.service). With `registry_host`,
-    a pull of a missing image logs Docker in there first (tokens last an hour)."""
+    a pull of a missing image logs Docker in there first (tokens last an hour); a fleet's
+    replica (`behind_load_balancer`) drains until its health check has failed."""
     weights_copy = Fragment("")
     if spec.gcs_copy is not None:
         source, target = spec.gcs_copy
@@ -446,7 +457,7 @@ def vllm_unit(spec: ContainerSpec, image: str, registry_host: str | None = None)
             "WEIGHTS_COPY": weights_copy,
             "DOCKER_RUN": systemd_command_line(docker_run_command(spec, image), own_line=[image]),
             "STOP_TIMEOUT_SECONDS": str(STOP_TIMEOUT_SECONDS),
-            "DRAIN_COMMAND": drain_command(),
+            "DRAIN_COMMAND": drain_command(behind_load_balancer),
             "DRAIN_MARKER": host_paths.DRAIN_MARKER,
             "DOCKER_STOP_SECONDS": str(DOCKER_STOP_SECONDS),
         },

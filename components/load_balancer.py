@@ -25,8 +25,9 @@ HTTPS_PORT = 443
 BACKEND_TIMEOUT_SECONDS = 900
 # A replica leaving the group (scale-in, a rollout, a repair) gets no new requests and keeps its
 # connections this long: as long as any answer may last here, so it finishes every one in flight.
-# The replica's own drain on stop (components/host_bundle.py, drain_command) and the template's
-# graceful shutdown (components/fleet.py) back it where the VM goes first.
+# The group deletes a replica only after it ("Enable connection draining", load-balancing docs);
+# the replica's own drain on stop (components/host_bundle.py, drain_command) backs it where the
+# VM goes first (a repair, a host maintenance).
 CONNECTION_DRAINING_SECONDS = BACKEND_TIMEOUT_SECONDS
 
 

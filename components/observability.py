@@ -418,7 +418,16 @@ def _widget(title: str, data_sets: list[_DataSet]) -> dict[str, Any]:
                                 "alignmentPeriod": ALIGNMENT_PERIOD,
                                 "perSeriesAligner": data_set.aligner,
                                 "crossSeriesReducer": data_set.reducer,
-                                "groupByFields": list(data_set.group_by),
+                                # The API leaves an empty list out of what it returns, and the
+                                # provider compares the JSON it reads with this one
+                                # (resource_monitoring_dashboard.go, removeComputedKeys drops
+                                # only what the new JSON lacks): an empty list would update
+                                # the dashboard on every pulumi up.
+                                **(
+                                    {"groupByFields": list(data_set.group_by)}
+                                    if data_set.group_by
+                                    else {}
+                                ),
                             },
                         }
                     },

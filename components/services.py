@@ -23,6 +23,9 @@ ARTIFACT_REGISTRY_API = "artifactregistry.googleapis.com"  # a mirror's remote r
 STORAGE_API = "storage.googleapis.com"  # model.source gcs: the weights bucket's grant
 # A fleet's replicas read their secrets there.
 SECRET_MANAGER_API = "secretmanager.googleapis.com"  # noqa: S105 (an API's name)
+# Observability: the dashboard, the alert policies and the agent's metrics (monitoring); the
+# log-based metric and the agent's logs (logging). On in most projects, not in every one.
+OBSERVABILITY_APIS = ("monitoring.googleapis.com", "logging.googleapis.com")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class ProjectServicesArgs:
     mirrors: bool  # mirror.dockerRemote or mirror.aptRemote
     gcs_weights: bool = False  # model.source is gcs
     fleet: bool = False  # vllm-gcp:fleet is set
+    observability: bool = False  # observability.enabled
 
 
 def required_apis(args: ProjectServicesArgs) -> list[str]:
@@ -45,6 +49,8 @@ def required_apis(args: ProjectServicesArgs) -> list[str]:
         apis.append(STORAGE_API)
     if args.fleet:
         apis.append(SECRET_MANAGER_API)
+    if args.observability:
+        apis.extend(OBSERVABILITY_APIS)
     return apis
 
 

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from components.fleet import AUTOHEALING_INITIAL_DELAY_SECONDS
-from components.host_bundle import FLEET_ATTRIBUTES
+from components.host_bundle import (
+    DRAIN_LIMIT_SECONDS,
+    DRAIN_SETTLE_SECONDS,
+    FLEET_ATTRIBUTES,
+    VLLM_METRICS_URL,
+)
 from components.host_paths import HEALTH_PATH
 from components.load_balancer import BACKEND_TIMEOUT_SECONDS
 from components.network import HEALTH_CHECK_RANGES
@@ -271,7 +276,12 @@ def test_replicas_receive_the_single_vms_files_but_for_what_delivery_needs(publi
     single = host_files(run_program(stack_config("prod"), stack="prod", secrets=HF_SECRET), names)
     fleet = host_files(public, names)
     assert fleet["vllm-template.vllm-gcp-host-setup.sh"] == single["vllm-host.startup-script.sh"]
-    assert fleet["vllm-template.vllm-gcp-unit.service"] == single["vllm-run.service"]
+    # The unit, but for the drain's wait for the load balancer's health check (none on one VM).
+    drain = f"{VLLM_METRICS_URL} {{}} {DRAIN_LIMIT_SECONDS} "
+    assert fleet["vllm-template.vllm-gcp-unit.service"] == single["vllm-run.service"].replace(
+        drain.format(0), drain.format(DRAIN_SETTLE_SECONDS)
+    )
+    assert drain.format(0) in single["vllm-run.service"]
     assert fleet["vllm-env-secret-version.stdin"] == single["vllm-secrets.stdin"]
     # A remote step wraps its script in a here-document; the replica runs the script itself.
     for attribute, step in {

@@ -378,6 +378,16 @@ def test_an_image_that_carries_the_agent_adds_no_repository(tmp_path: Path) -> N
     assert f"systemctl restart {AGENT}" in boot.calls
 
 
+def test_an_agent_that_refuses_to_start_costs_the_host_its_metrics_not_its_serving(
+    tmp_path: Path,
+) -> None:
+    host = _agent_host(tmp_path)
+    boot = host.boot(FAKE_FAIL=f"systemctl restart {AGENT}")
+    assert boot.returncode == 0, boot.output
+    assert host.ready
+    assert f"warning: {AGENT} did not start: no metrics or logs from this host" in boot.output
+
+
 def test_an_agent_key_that_cannot_be_downloaded_fails_the_boot_with_the_way_out(
     tmp_path: Path,
 ) -> None:
@@ -538,12 +548,22 @@ def test_the_unit_drains_before_it_stops_the_container_within_its_stop_timeout()
     unit = _unit()
     stops = _directives(unit, "ExecStop")
     assert len(stops) == 2
-    assert systemd_split(stops[0].removeprefix("-")) == bundle.drain_command()
-    assert bundle.drain_command() == [
+    assert systemd_split(stops[0].removeprefix("-")) == bundle.drain_command(False)
+    metrics = f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/metrics"
+    # A replica waits 35 s for its health check to fail; the single VM has none to wait for.
+    assert bundle.drain_command(True) == [
         host_paths.DRAIN_HELPER_PATH,
         host_paths.DRAIN_MARKER,
-        f"http://127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}/metrics",
+        metrics,
         "35",
+        "300",
+        "2",
+    ]
+    assert bundle.drain_command(False) == [
+        host_paths.DRAIN_HELPER_PATH,
+        host_paths.DRAIN_MARKER,
+        metrics,
+        "0",
         "300",
         "2",
     ]
@@ -555,6 +575,10 @@ def test_the_unit_drains_before_it_stops_the_container_within_its_stop_timeout()
     assert stop_timeout > bundle.DRAIN_LIMIT_SECONDS + bundle.DRAIN_POLL_SECONDS + 60
     # Stopped before Nginx and the agent at shutdown: both outlive the drain.
     assert "After=nginx.service google-cloud-ops-agent.service" in unit.splitlines()
+    assert (
+        "After=google-cloud-ops-agent-fluent-bit.service "
+        "google-cloud-ops-agent-opentelemetry-collector.service"
+    ) in unit.splitlines()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

@@ -16,6 +16,7 @@ from tests.harness import Plan, build_components, run_program, stack_config
 
 SERVICE = "gcp:projects/service:Service"
 BASE = {"compute.googleapis.com", "iam.googleapis.com", "cloudresourcemanager.googleapis.com"}
+OBSERVABILITY = {"monitoring.googleapis.com", "logging.googleapis.com"}  # on by default
 
 
 def build(args: ProjectServicesArgs) -> Plan:
@@ -53,6 +54,11 @@ def test_only_the_apis_the_configuration_calls_are_enabled(
     assert built.outputs["count"] == len(BASE | extra)
 
 
+def test_observability_enables_monitoring_and_logging() -> None:
+    built = build(ProjectServicesArgs("test-project", False, False, observability=True))
+    assert enabled(built) == BASE | OBSERVABILITY
+
+
 def test_destroy_never_disables_an_api() -> None:
     built = build(ProjectServicesArgs("test-project", private=True, mirrors=True, gcs_weights=True))
     for service in built.of_type(SERVICE):
@@ -74,14 +80,16 @@ PRIVATE: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({}, BASE),
+        ({}, BASE | OBSERVABILITY),
         (
             PRIVATE,
             BASE
+            | OBSERVABILITY
             | {"dns.googleapis.com", "artifactregistry.googleapis.com", "storage.googleapis.com"},
         ),
+        ({"vllm-gcp:observability": {"enabled": False}}, BASE),
     ],
-    ids=["prod", "prod-private"],
+    ids=["prod", "prod-private", "prod-without-observability"],
 )
 def test_the_program_enables_its_apis_before_the_components_that_call_them(
     monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any], expected: set[str]

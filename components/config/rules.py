@@ -437,6 +437,20 @@ def _check_fleet_autoscaling(
                 f"{PROJECT}:observability.enabled to true, or give fleet.replicas instead",
             )
         ]
+    if fleet.autoscaled and fleet.target_shape != "balanced":
+        # GCE autoscales a regional group only with the EVEN or BALANCED target shape
+        # (regional-mig-set-target-distribution-shape, Limitations), and EVEN only with proactive
+        # redistribution (InstanceRedistributionType NONE is "for non-autoscaled groups"), which
+        # deletes serving replicas to even the zones out: this stack keeps NONE.
+        return [
+            Problem(
+                f"{key}.targetShape",
+                f"{fleet.target_shape} cannot be autoscaled: GCE autoscales a regional group "
+                "with the balanced shape (even would need proactive redistribution, which "
+                "deletes serving replicas to rebalance zones); set targetShape: balanced, or "
+                "give fleet.replicas instead",
+            )
+        ]
     if not fleet.autoscaled and "target_requests_per_replica" in fleet.model_fields_set:
         return [
             Problem(
