@@ -47,7 +47,8 @@ AUTOSCALED = {"vllm-gcp:fleet": {"minReplicas": 1, "maxReplicas": 4, "zones": ZO
 FIXED = {"vllm-gcp:fleet": {"replicas": 2, "zones": ZONES}}
 CHANNELS = {
     "vllm-gcp:observability": {
-        "notificationChannels": ["123", "projects/ops-project/notificationChannels/456"]
+        # A bare id as YAML gives it (a number), and a resource name.
+        "notificationChannels": [123, "projects/ops-project/notificationChannels/456"]
     }
 }
 # tests/vllm_0.32.0_metrics.txt: the metrics vLLM 0.32.0 registers, read from its wheel.

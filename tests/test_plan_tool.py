@@ -163,7 +163,9 @@ def test_the_summary_shows_what_prod_serves_its_cost_and_what_each_step_reruns_o
 ) -> None:
     lines = plans.runs["prod"].out.splitlines()
     start = lines.index("Serving:")
-    assert lines[start : start + 12] == [
+    stack = 'job="vllm",vllm_gcp_stack="prod"'
+    proxy = "logging_googleapis_com:user_vllm_gcp_prod_proxy_responses"
+    expected = [
         "Serving:",
         "  model: mistralai/Mistral-Small-3.2-24B-Instruct-2506, served as "
         "mistralai/Mistral-Small-3.2-24B-Instruct-2506",
@@ -174,10 +176,32 @@ def test_the_summary_shows_what_prod_serves_its_cost_and_what_each_step_reruns_o
         "  tool-call parser: mistral",
         "  vLLM image: vllm/vllm-openai:v0.32.0",
         "  where: one VM in us-central1-a",
+        "  host image: projects/ubuntu-os-accelerator-images/global/images/family/"
+        "ubuntu-accelerator-2404-amd64-with-nvidia-580, not prepared: each host installs Docker, "
+        "the container toolkit, Nginx and the Ops Agent at its first boot",
+        "",
+        "Observability:",
+        "  metrics: job vllm from 127.0.0.1:8000/metrics every 30s",
+        "  metrics: the GPUs' utilisation and memory (the agent's own NVML receiver)",
+        "  logs: vllm_gcp_nginx_access (files) from /var/log/nginx/vllm-gcp-access.log",
+        "  logs: vllm_gcp_nginx_error (nginx_error) from /var/log/nginx/error.log",
+        "  logs: vllm_gcp_journal (systemd_journald) from the systemd journal",
+        "  logs dropped before they leave the host: 2 rules",
+        "  dashboard: vLLM endpoint (prod)",
+        f"  alert: vLLM prod: endpoint down (300s of absent(vllm:num_requests_running{{{stack}}}))"
+        ", in the console only",
+        f"  alert: vLLM prod: high error ratio (600s of sum(rate({proxy}{{monitored_resource="
+        f'"gce_instance",status=~"5.."}}[5m])) / sum(rate({proxy}{{monitored_resource='
+        '"gce_instance"}[5m])) > 0.05), in the console only',
+        "  alert: vLLM prod: KV cache saturated (600s of max by (instance_name) "
+        f"(vllm:kv_cache_usage_perc{{{stack}}}) > 0.95), in the console only",
+        "  alert: vLLM prod: requests queueing (600s of max by (instance_name) "
+        f"(vllm:num_requests_waiting{{{stack}}}) > 8), in the console only",
         "",
         "Hourly cost, estimated: $10.14/h",
         "  1 x a2-ultragpu-2g on-demand in us-central1 at $10.1376/h",
     ]
+    assert lines[start : start + len(expected)] == expected
     step = lines.index("  vllm-serving")
     assert lines[step + 1 : step + 3] == [
         "      stdin: none",
@@ -403,13 +427,55 @@ def test_encrypted_and_stood_in_secrets_are_redacted_and_set_values_marked(
         "  tool-call parser: hermes",
         "  vLLM image: vllm/vllm-openai:v0.32.0",
         "  where: one VM in us-central1-a",
+        "  host image: projects/ubuntu-os-accelerator-images/global/images/family/"
+        "ubuntu-accelerator-2404-amd64-with-nvidia-580, not prepared: each host installs Docker, "
+        "the container toolkit, Nginx and the Ops Agent at its first boot",
         "",
-        "Hourly cost, estimated: $0.34/h",
     ]
     assert "pulumi-python:dynamic:Resource" in lines  # the Kibana connector, planned
     assert "<redacted:tlsPrivateKey>" in (out / "vllm-nginx-site.key").read_text()
     assert "<redacted:huggingFaceToken>" in (out / "vllm-secrets.stdin").read_text()
     _assert_no_secret(out, MOCK_SECRETS)
+
+
+def test_an_autoscaled_fleet_on_a_prepared_image_shows_its_autoscaler_and_image(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = "projects/my-project/global/images/family/vllm-host-2404-nvidia-580"
+    argv = [
+        "prod",
+        *("--set", "vllm-gcp:fleet.minReplicas=1", "--set", "vllm-gcp:fleet.maxReplicas=3"),
+        *("--set", f"vllm-gcp:host.image={image}"),
+        *("--set", "vllm-gcp:observability.notificationChannels[0]=123"),
+    ]
+    assert _plan(*argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        "  where: a fleet of 1 to 3 (autoscaled) replicas in us-central1 (us-central1-a, "
+        "us-central1-c)"
+    ) in lines
+    assert (
+        f"  host image: {image} (from --set), prepared (vllm-gcp image build): the software comes "
+        "in the image"
+    ) in lines
+    assert [line for line in lines if line.startswith("  autoscaler: ")] == [
+        "  autoscaler: 1 to 3 replicas on vllm:num_requests_running 16 per replica; "
+        "vllm:num_requests_waiting 2 per replica; cool-down 3600 s"
+    ]
+    alerts = [line for line in lines if line.startswith("  alert: ")]
+    assert len(alerts) == 4
+    assert all(line.endswith(", to 1 notification channel(s)") for line in alerts)
+    assert "high error ratio" in alerts[1] and 'forwarding_rule_name="vllm-' in alerts[1]
+
+
+def test_a_stack_without_observability_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _plan("dev", "--set", "vllm-gcp:observability.enabled=false") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        "Observability: off (observability.enabled false): no agent, dashboard or alerts" in lines
+    )
+    assert not any(line.startswith("  alert: ") for line in lines)
+    assert any(line.endswith("the container toolkit, Nginx at its first boot") for line in lines)
 
 
 def test_a_fleets_new_machine_type_is_a_new_template_a_group_update_and_a_rollout(

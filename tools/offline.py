@@ -8,6 +8,7 @@ the provider would return. Used by the tests and by the offline plan (`python -m
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import runpy
@@ -124,6 +125,18 @@ _DERIVED_FAKES: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
         "name": f"{inputs['secret']}/versions/1"
     },
 }
+
+
+# Resources the program leaves to Pulumi's autonaming and whose name it reads (the dashboard and
+# the alerts read the forwarding rule's).
+_AUTO_NAMED = ("gcp:compute/forwardingRule:ForwardingRule",)
+
+
+def _auto_name(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Pulumi's autonaming: the resource name, a hyphen and 7 random hex characters (fixed here)."""
+    if typ not in _AUTO_NAMED or inputs.get("name"):
+        return {}
+    return {"name": f"{name}-{hashlib.sha256(name.encode()).hexdigest()[:7]}"}
 
 
 def _fake_outputs(
@@ -261,6 +274,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             raise ValueError(f"duplicate resource {args.typ} {args.name}")
         outputs = {
             **args.inputs,
+            **_auto_name(args.typ, args.name, args.inputs),
             **_fake_outputs(args.typ, args.name, args.inputs, self.stashed),
         }
         options = self.pending_options.pop((args.typ, args.name), RegistrationOptions())

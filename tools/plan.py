@@ -37,7 +37,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from components.config import PROJECT, SECRET_KEYS, ConfigError, StackConfig
+from components.host_bundle import OpsAgent, ops_agent_config
 from tools import plan_diff, prices
+from tools.image_build import is_prepared_image
 from tools.offline import (
     MOCK_API_KEY,
     MOCK_ELASTICSEARCH_KEY,
@@ -836,11 +838,26 @@ def serving_lines(stack: StackConfig, stack_input: StackInput) -> list[str]:
         else (str(model.max_model_len))
     )
     host_mark = _given_mark(stack_input, f"{PROJECT}:host.machineType", f"{PROJECT}:host=")
-    if stack.fleet is None:
+    fleet = stack.fleet
+    if fleet is None:
         where = f"one VM in {stack.zone}"
     else:
         zones = ", ".join(stack.fleet_zones)
-        where = f"a fleet of {stack.fleet.size} replicas in {stack.region} ({zones})"
+        size = (
+            f"{fleet.min_replicas} to {fleet.max_replicas} (autoscaled)"
+            if fleet.autoscaled
+            else str(fleet.size)
+        )
+        where = f"a fleet of {size} replicas in {stack.region} ({zones})"
+    image = stack.host.image
+    image_mark = _given_mark(stack_input, f"{PROJECT}:host.image", f"{PROJECT}:host=")
+    prepared = (
+        "prepared (vllm-gcp image build): the software comes in the image"
+        if is_prepared_image(image)
+        else "not prepared: each host installs Docker, the container toolkit, Nginx"
+        + (" and the Ops Agent" if stack.observability.enabled else "")
+        + " at its first boot"
+    )
     return [
         "Serving:",
         f"  model: {model.id}{mark('id')}, served as {served}{mark('servedName')}",
@@ -851,7 +868,68 @@ def serving_lines(stack: StackConfig, stack_input: StackInput) -> list[str]:
         f"  tool-call parser: {parser or 'none (tool calling off)'}{mark('toolCallParser')}",
         f"  vLLM image: {model.image}{mark('image')}",
         f"  where: {where}",
+        f"  host image: {image}{image_mark}, {prepared}",
     ]
+
+
+# The resources observability makes (components/observability.py, components/fleet.py).
+_DASHBOARD = "gcp:monitoring/dashboard:Dashboard"
+_ALERT_POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"
+_AUTOSCALER = "gcp:compute/regionAutoscaler:RegionAutoscaler"
+
+
+def _collected(agent_config: Mapping[str, Any]) -> list[str]:
+    """What the hosts' Ops Agent collects, read from the configuration it is given."""
+    lines: list[str] = []
+    for receiver in agent_config["metrics"]["receivers"].values():
+        for scrape in receiver["config"]["scrape_configs"]:
+            targets = [t for group in scrape["static_configs"] for t in group["targets"]]
+            lines.append(
+                f"metrics: job {scrape['job_name']} from {', '.join(targets)}"
+                f"{scrape['metrics_path']} every {scrape['scrape_interval']}"
+            )
+    lines.append("metrics: the GPUs' utilisation and memory (the agent's own NVML receiver)")
+    for name, receiver in agent_config["logging"]["receivers"].items():
+        paths = ", ".join(receiver.get("include_paths", [])) or "the systemd journal"
+        lines.append(f"logs: {name} ({receiver['type']}) from {paths}")
+    guards = agent_config["logging"]["processors"]
+    dropped = [p for p in guards.values() if p["type"] == "exclude_logs"]
+    if dropped:
+        lines.append(
+            f"logs dropped before they leave the host: {len(dropped[0]['match_any'])} rules"
+        )
+    return lines
+
+
+def observability_lines(stack: StackConfig, plan: Plan) -> list[str]:
+    """What the stack collects, charts, alerts on and scales on."""
+    if not stack.observability.enabled:
+        return ["Observability: off (observability.enabled false): no agent, dashboard or alerts"]
+    agent = yaml.safe_load(ops_agent_config(OpsAgent(stack.labels["stack"])))
+    lines = ["Observability:", *(f"  {line}" for line in _collected(agent))]
+    for dashboard in plan.of_type(_DASHBOARD):
+        title = json.loads(str(dashboard.plain["dashboardJson"]))["displayName"]
+        lines.append(f"  dashboard: {title}")
+    channels = len(stack.notification_channels)
+    to = f"to {channels} notification channel(s)" if channels else "in the console only"
+    for policy in sorted(plan.of_type(_ALERT_POLICY), key=lambda p: p.name):
+        for condition in policy.plain["conditions"]:
+            query = condition["conditionPrometheusQueryLanguage"]
+            lines.append(
+                f"  alert: {policy.plain['displayName']} ({query['duration']} of "
+                f"{query['query']}), {to}"
+            )
+    for autoscaler in plan.of_type(_AUTOSCALER):
+        policy = autoscaler.plain["autoscalingPolicy"]
+        targets = "; ".join(
+            f"{metric['name'].split('/')[1]} {metric['singleInstanceAssignment']:g} per replica"
+            for metric in policy["metrics"]
+        )
+        lines.append(
+            f"  autoscaler: {policy['minReplicas']:g} to {policy['maxReplicas']:g} replicas on "
+            f"{targets}; cool-down {policy['cooldownPeriod']:g} s"
+        )
+    return lines
 
 
 def summary(stack_input: StackInput, plan: Plan, stack: StackConfig) -> list[str]:
@@ -869,6 +947,7 @@ def summary(stack_input: StackInput, plan: Plan, stack: StackConfig) -> list[str
         lines.append(f"Stand-ins for the stack's secrets: {', '.join(sorted(stack_input.secrets))}")
     lines += [f"warning: {w}" for w in plan.warnings]
     lines += ["", *serving_lines(stack, stack_input), ""]
+    lines += [*observability_lines(stack, plan), ""]
     lines += prices.cost_lines(
         [{"type": r.type, "name": r.name, "inputs": _tidy(r.plain)} for r in plan.resources]
     )

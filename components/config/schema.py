@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import pulumi
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from components import catalogue
@@ -322,6 +322,11 @@ _NOTIFICATION_CHANNEL = re.compile(
 )
 
 
+def _channel_id_as_text(value: object) -> object:
+    """A bare channel id as YAML or `pulumi config set --path ... 123` gives it: a number."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class ObservabilityConfig(Section):
     """vllm-gcp:observability: the host's metrics and logs agent, a dashboard, alert policies."""
 
@@ -329,6 +334,7 @@ class ObservabilityConfig(Section):
     notification_channels: list[
         Annotated[
             str,
+            BeforeValidator(_channel_id_as_text),
             AfterValidator(
                 _pattern(_NOTIFICATION_CHANNEL, "projects/my-project/notificationChannels/123")
             ),
