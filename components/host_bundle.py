@@ -105,6 +105,7 @@ def startup_script(
             "READY_MARKER": host_paths.READY_MARKER,
             "STARTUP_FAILED_MARKER": host_paths.STARTUP_FAILED_MARKER,
             "REBOOTING_MARKER": host_paths.REBOOTING_MARKER,
+            "PREPARED_IMAGE_MARKER": host_paths.PREPARED_IMAGE_MARKER,
             "STARTUP_LOG": host_paths.STARTUP_LOG,
             "CACHE_DIR": host_paths.CACHE_DIR,
             "OBSERVABILITY": "enabled" if ops_agent is not None else "disabled",
@@ -510,6 +511,7 @@ def run_script(image: str, registry_host: str | None = None) -> str:
             "REGISTRY_HOST": registry_host or "",
             "REGISTRY_LOGIN_PATH": host_paths.REGISTRY_LOGIN_PATH,
             "DRAIN_HELPER_PATH": host_paths.DRAIN_HELPER_PATH,
+            "PREPARED_IMAGE_MARKER": host_paths.PREPARED_IMAGE_MARKER,
             # A restart stops (drain included) and starts; systemd's own limits end first.
             "RESTART_SECONDS": str(STOP_TIMEOUT_SECONDS + START_TIMEOUT_SECONDS + 60),
         },

@@ -30,5 +30,8 @@ HEALTH_PATH = "/vllm-gcp-health"
 DRAIN_MARKER = "/run/vllm-gcp/draining"
 # scripts/drain_vllm.sh, which the run step installs and the unit's ExecStop runs.
 DRAIN_HELPER_PATH = "/usr/local/libexec/vllm-gcp/drain-vllm"
+# What a prepared image (`vllm-gcp image build`) holds, as KEY=value lines: written by
+# scripts/prepare_image.sh, read by the startup script and the run step.
+PREPARED_IMAGE_MARKER = "/usr/lib/vllm-gcp/prepared-image.env"
 # The Ops Agent's user configuration (merged with its built-in one).
 OPS_AGENT_CONFIG = "/etc/google-cloud-ops-agent/config.yaml"

@@ -61,7 +61,7 @@ readonly REGISTRY_LOGIN="${ROOT}"{{ shell:REGISTRY_LOGIN_PATH }}
 readonly UNATTENDED_UPGRADES_CONFIG="${ROOT}/etc/apt/apt.conf.d/52vllm-gcp-unattended"
 # What a prepared image (`vllm-gcp image build`, scripts/prepare_image.sh) holds: KEY=value lines,
 # read here, never sourced. Outside /etc/vllm-gcp, which holds a stack's secrets and no image may.
-readonly PREPARED_IMAGE_MARKER="${ROOT}/usr/lib/vllm-gcp/prepared-image.env"
+readonly PREPARED_IMAGE_MARKER="${ROOT}"{{ shell:PREPARED_IMAGE_MARKER }}
 readonly LOCAL_SSD_GLOB="${ROOT}/dev/disk/by-id/google-local-nvme-ssd-*"
 readonly CACHE_ARRAY="${ROOT}/dev/md/vllm-cache"
 readonly CACHE_LABEL="vllm-cache"

@@ -137,9 +137,7 @@ def test_the_builder_installs_pulls_marks_and_reports_done(built: Host) -> None:
     assert attribute(built, "phase") == "clean"
     assert image_build.parse_contents(attribute(built, "contents")) == contents
     # The marker path the command documents is the one the startup script reads.
-    assert f'"${{ROOT}}/{image_build.PREPARED_IMAGE_MARKER.lstrip("/")}"' in startup_script(
-        A2_ULTRA_2G
-    )
+    assert f"\"${{ROOT}}\"'{image_build.PREPARED_IMAGE_MARKER}'\n" in startup_script(A2_ULTRA_2G)
 
 
 def test_nothing_that_makes_an_instance_itself_or_a_log_is_imaged(built: Host) -> None:

@@ -325,6 +325,33 @@ def test_install_pulls_writes_the_unit_and_restarts(host: Host) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("baked", "said"),
+    [
+        (
+            "vllm/vllm-openai:v0.32.0",
+            "vllm/vllm-openai:v0.32.0 is the image the prepared host image holds: nothing to "
+            "download",
+        ),
+        (
+            "vllm/vllm-openai:v0.31.0",
+            "the prepared host image holds vllm/vllm-openai:v0.31.0, not "
+            "vllm/vllm-openai:v0.32.0: pulling vllm/vllm-openai:v0.32.0 (only its missing layers)",
+        ),
+    ],
+    ids=["baked-image", "another-image"],
+)
+def test_install_on_a_prepared_image_says_whether_the_image_is_baked_in(
+    host: Host, baked: str, said: str
+) -> None:
+    host.write(host_paths.PREPARED_IMAGE_MARKER, f"BUILT_AT=2026-12-01\nVLLM_IMAGE={baked}\n")
+    result = host.run(install_script(), stdin="[Service]\nExecStart=/usr/bin/docker run vllm\n")
+    assert result.returncode == 0, result.stderr
+    assert said in result.stdout + result.stderr
+    # Pulled all the same: the pull of a present image only checks its tag.
+    assert "docker pull vllm/vllm-openai:v0.32.0" in host.calls()
+
+
 def test_install_makes_the_caches_root_only_even_where_they_exist(host: Host) -> None:
     # vLLM before PR #52523 wrote the key into the compile cache (cache_key_factors.json).
     host.path(bundle.VLLM_CACHE_DIR).mkdir(parents=True, mode=0o755)

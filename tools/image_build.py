@@ -53,7 +53,7 @@ DEFAULT_BUILDER_MACHINE = "e2-standard-8"
 # size is the smallest boot disk a VM made from it can have.
 BUILDER_DISK_GB = 100
 # Where the image says what it holds (read by scripts/startup.sh, written by prepare_image.sh).
-PREPARED_IMAGE_MARKER = "/usr/lib/vllm-gcp/prepared-image.env"
+PREPARED_IMAGE_MARKER = host_paths.PREPARED_IMAGE_MARKER
 ATTRIBUTE_NAMESPACE = "vllm-gcp-image"
 # Guest attributes take at most 10 queries a minute per VM (compute/docs/metadata/
 # manage-guest-attributes): one every 30 s leaves room.

@@ -208,7 +208,7 @@ readonly REGISTRY_LOGIN="${ROOT}"'/usr/local/libexec/vllm-gcp/registry-login'
 readonly UNATTENDED_UPGRADES_CONFIG="${ROOT}/etc/apt/apt.conf.d/52vllm-gcp-unattended"
 # What a prepared image (`vllm-gcp image build`, scripts/prepare_image.sh) holds: KEY=value lines,
 # read here, never sourced. Outside /etc/vllm-gcp, which holds a stack's secrets and no image may.
-readonly PREPARED_IMAGE_MARKER="${ROOT}/usr/lib/vllm-gcp/prepared-image.env"
+readonly PREPARED_IMAGE_MARKER="${ROOT}"'/usr/lib/vllm-gcp/prepared-image.env'
 readonly LOCAL_SSD_GLOB="${ROOT}/dev/disk/by-id/google-local-nvme-ssd-*"
 readonly CACHE_ARRAY="${ROOT}/dev/md/vllm-cache"
 readonly CACHE_LABEL="vllm-cache"

@@ -173,6 +173,8 @@ readonly REGISTRY_HOST='us-central1-docker.pkg.dev'
 readonly REGISTRY_LOGIN="${ROOT}"'/usr/local/libexec/vllm-gcp/registry-login'
 # scripts/drain_vllm.sh, the unit's first ExecStop: installed here, with the unit that calls it.
 readonly DRAIN_HELPER="${ROOT}"'/usr/local/libexec/vllm-gcp/drain-vllm'
+# A prepared image names the vLLM image it holds (vllm-gcp image build).
+readonly PREPARED_IMAGE_MARKER="${ROOT}"'/usr/lib/vllm-gcp/prepared-image.env'
 readonly LOG_LINES=50
 # The login's token request and docker login are bounded inside it too.
 readonly REGISTRY_LOGIN_SECONDS=300
@@ -214,9 +216,26 @@ log_in_to_registry() {
     "$REGISTRY_LOGIN" "$REGISTRY_HOST"
 }
 
+report_baked_image() {
+  local baked
+  if [[ ! -f $PREPARED_IMAGE_MARKER ]]; then
+    return 0
+  fi
+  baked="$(sed -n 's/^VLLM_IMAGE=//p' "$PREPARED_IMAGE_MARKER" | head -n 1)"
+  if [[ -z $baked ]]; then
+    return 0
+  fi
+  if [[ $baked == "$IMAGE" ]]; then
+    log "${IMAGE} is the image the prepared host image holds: nothing to download"
+  else
+    log "the prepared host image holds ${baked}, not ${IMAGE}: pulling ${IMAGE} (only its missing layers)"
+  fi
+}
+
 pull_image() {
   # Pulled here, not only by the unit, so a wrong reference fails this step with Docker's
   # message instead of a restart loop.
+  report_baked_image
   log "pulling ${IMAGE} (a first pull of a vLLM image takes minutes)"
   bounded --root "$PULL_SECONDS" "pulling ${IMAGE}" docker pull "$IMAGE"
 }
