@@ -132,11 +132,13 @@ VLLM_METRICS_TARGET = f"127.0.0.1:{host_paths.VLLM_LOOPBACK_PORT}"
 STACK_METRIC_LABEL = "vllm_gcp_stack"
 _STACK_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 # The access log's fields, in scripts/nginx-site.conf's `log_format vllm_gcp` order.
+# $uri is decoded, so a path may hold spaces (Nginx escapes a quote as \x22); a request passed
+# to more than one upstream server logs each one's time, comma-separated.
 NGINX_ACCESS_LOG_REGEX = (
     r"^(?<remote_addr>\S+) \[(?<time_local>[^\]]+)\] "
-    r'"(?<method>\S+) (?<path>\S+) (?<protocol>[^"]+)" '
+    r'"(?<method>\S+) (?<path>[^"]*) (?<protocol>[^" ]+)" '
     r"(?<status>\d{3}) (?<body_bytes_sent>\d+) (?<request_length>\d+) (?<request_time>[\d.]+) "
-    r'(?<upstream_response_time>\S+) "(?<user_agent>[^"]*)"$'
+    r'(?<upstream_response_time>\S+(?:, \S+)*) "(?<user_agent>[^"]*)"$'
 )
 # Journal lines never shipped: any that looks like it carries a credential (vLLM releases before
 # PR #52523 could print the key; nothing in the pinned release does, this is the second guard),

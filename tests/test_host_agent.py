@@ -246,7 +246,13 @@ def test_the_access_log_parser_reads_real_nginx_lines_which_never_hold_the_token
             assert (
                 client.get("/v1/models", headers={"Authorization": "Bearer x"}).status_code == 401
             )
+            assert client.get("/v1/mod%20els", headers=AUTH).status_code == 404
         lines = proxy.access_log().splitlines()
+    # A request retried on a second upstream server logs both times.
+    lines.append(
+        '10.0.0.2 [01/Dec/2026:20:00:00 +0000] "POST /v1/chat/completions HTTP/1.1" 502 0 312 '
+        '0.210 0.100, 0.110 "openai/python"'
+    )
     processor = agent_config()["logging"]["processors"]["vllm_gcp_nginx_access_fields"]
     parser = _python_regex(processor["regex"])
     parsed = [parser.fullmatch(line) for line in lines]
@@ -256,7 +262,10 @@ def test_the_access_log_parser_reads_real_nginx_lines_which_never_hold_the_token
         ("GET", "/v1/models", "200"),
         ("GET", "/v1/models", "400"),
         ("GET", "/v1/models", "401"),
+        ("GET", "/v1/mod els", "404"),
+        ("POST", "/v1/chat/completions", "502"),
     ]
+    assert fields[-1]["upstream_response_time"] == "0.100, 0.110"
     for entry in fields:
         datetime.strptime(entry["time_local"], processor["time_format"])
         assert KEY not in "".join(entry.values())
