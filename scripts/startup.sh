@@ -119,7 +119,8 @@ current_step="start"
 
 log() {
   local line
-  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) ${LOG_TAG}: $*"
+  # The time in UTC from bash's own printf: no process per line.
+  TZ=UTC0 printf -v line '%(%Y-%m-%dT%H:%M:%SZ)T %s: %s' -1 "$LOG_TAG" "$*"
   printf '%s\n' "$line" >>"$STARTUP_LOG"
   printf '%s\n' "$line" >&2
   logger -t "$LOG_TAG" -- "$*" || true

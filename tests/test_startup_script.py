@@ -22,6 +22,7 @@ from components.render import TemplateError
 from tests.harness import ROOT, assert_shell_clean
 
 STANDIN = ROOT / "tests" / "fakebin" / "standin.sh"
+LOGGER = ROOT / "tests" / "fakebin" / "logger"  # called for every log line: a lighter stand-in
 FAKED_COMMANDS = (
     "apt-get",
     "apt-cache",
@@ -92,7 +93,7 @@ class Host:
         for directory in (self.root, self.state, bin_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for command in FAKED_COMMANDS:
-            (bin_dir / command).symlink_to(STANDIN)
+            (bin_dir / command).symlink_to(LOGGER if command == "logger" else STANDIN)
         (self.state / "driver").write_text(f"{driver}\n")
         release = self.path("/etc/os-release")
         release.parent.mkdir(parents=True, exist_ok=True)

@@ -554,6 +554,34 @@ def test_the_step_limit_stops_the_operation_in_flight_and_names_it(host: Host) -
     ) in result.stderr
 
 
+def test_a_second_term_while_the_step_stops_does_not_cut_its_stop_short(host: Host) -> None:
+    # GNU timeout signals the script and then its process group: two TERMs, the second while
+    # the trap runs (coreutils src/timeout.c, cleanup).
+    host.write(host_paths.STARTUP_FAILED_MARKER, "IAM grant not yet visible\n")
+    fake_startup(host, "exec sleep 30")
+    script = step_command(wait_host_script(timeout_seconds=600), limit_seconds=600)
+    process = subprocess.Popen(
+        ["bash", "-c", script],
+        env=host.environment(FAST),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + HANG_TIMEOUT
+    while "google_metadata_script_runner startup" not in host.calls():
+        assert time.monotonic() < deadline, "the rerun never started"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    time.sleep(0.05)  # the trap is running now
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=HANG_TIMEOUT)
+    assert "[host ready] stopped by SIGTERM after " in stderr
+    assert stderr.rstrip().endswith(
+        ": running the startup script once more (its own limit: 1200 s)"
+    )
+
+
 def test_a_secrets_step_stopped_by_its_limit_leaves_no_partial_file(host: Host) -> None:
     step = step_command(secrets_script(), limit_seconds=1)
     # stdin that never ends: the step waits on it until its limit.

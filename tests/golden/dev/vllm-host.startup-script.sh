@@ -167,7 +167,10 @@ without_secrets() {
 
 _step_stopped() {
   local signal=$1 number=$2 limit=${VLLM_GCP_STEP_LIMIT_SECONDS:-} status
-  trap - TERM HUP
+  # Ignored, not reset to the default: `timeout` sends its TERM twice (to the script, then to
+  # its process group: coreutils src/timeout.c, cleanup), and the second one under the default
+  # action would end the script here, before it stops the operation in flight or says why.
+  trap '' TERM HUP
   if [[ -n $_bounded_pid ]]; then
     kill -TERM "$_bounded_pid" 2>/dev/null || true
   fi
@@ -266,7 +269,8 @@ current_step="start"
 
 log() {
   local line
-  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) ${LOG_TAG}: $*"
+  # The time in UTC from bash's own printf: no process per line.
+  TZ=UTC0 printf -v line '%(%Y-%m-%dT%H:%M:%SZ)T %s: %s' -1 "$LOG_TAG" "$*"
   printf '%s\n' "$line" >>"$STARTUP_LOG"
   printf '%s\n' "$line" >&2
   logger -t "$LOG_TAG" -- "$*" || true

@@ -138,7 +138,10 @@ without_secrets() {
 
 _step_stopped() {
   local signal=$1 number=$2 limit=${VLLM_GCP_STEP_LIMIT_SECONDS:-} status
-  trap - TERM HUP
+  # Ignored, not reset to the default: `timeout` sends its TERM twice (to the script, then to
+  # its process group: coreutils src/timeout.c, cleanup), and the second one under the default
+  # action would end the script here, before it stops the operation in flight or says why.
+  trap '' TERM HUP
   if [[ -n $_bounded_pid ]]; then
     kill -TERM "$_bounded_pid" 2>/dev/null || true
   fi
