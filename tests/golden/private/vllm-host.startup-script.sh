@@ -475,12 +475,19 @@ ensure_nvidia_driver() {
   exit 0
 }
 
-add_nvidia_toolkit_repository() {
+# add_apt_key WHAT REPO KEY_PATH KEYRING [WAY_OUT]: REPO's signing key (at REPO/KEY_PATH),
+# dearmored into KEYRING, or the boot fails saying what it could not download (and WAY_OUT).
+add_apt_key() {
+  local what=$1 repo=$2 key_path=$3 keyring=$4 way_out=${5:-}
   mkdir -p "$APT_KEYRINGS" "$APT_SOURCES"
-  bounded "$KEY_DOWNLOAD_SECONDS" "downloading the NVIDIA container toolkit's apt key" \
-    curl -fsSL --retry 5 --connect-timeout 20 --max-time 60 "${NVIDIA_TOOLKIT_REPO}/gpgkey" |
-    gpg --batch --yes --dearmor -o "${ROOT}${NVIDIA_TOOLKIT_KEYRING}" ||
-    fail "could not download the NVIDIA container toolkit's apt key from ${NVIDIA_TOOLKIT_REPO}"
+  bounded "$KEY_DOWNLOAD_SECONDS" "downloading ${what}'s apt key" \
+    curl -fsSL --retry 5 --connect-timeout 20 --max-time 60 "${repo}/${key_path}" |
+    gpg --batch --yes --dearmor -o "${ROOT}${keyring}" ||
+    fail "could not download ${what}'s apt key from ${repo}${way_out:+ (${way_out})}"
+}
+
+add_nvidia_toolkit_repository() {
+  add_apt_key "the NVIDIA container toolkit" "$NVIDIA_TOOLKIT_REPO" gpgkey "$NVIDIA_TOOLKIT_KEYRING"
   # $(ARCH) is apt's own substitution, not the shell's.
   # shellcheck disable=SC2016
   printf 'deb [signed-by=%s] %s/stable/deb/$(ARCH) /\n' \
@@ -502,12 +509,9 @@ add_ops_agent_repository() {
   local codename
   codename="$(os_codename)"
   [[ -n "$codename" ]] || fail "no VERSION_CODENAME in ${OS_RELEASE}: cannot name the Ops Agent's repository"
-  mkdir -p "$APT_KEYRINGS" "$APT_SOURCES"
   # Google's documented key (cloud.google.com/sdk/docs/install, "Debian/Ubuntu").
-  bounded "$KEY_DOWNLOAD_SECONDS" "downloading the Ops Agent's apt key" \
-    curl -fsSL --retry 5 --connect-timeout 20 --max-time 60 "${OPS_AGENT_REPO}/doc/apt-key.gpg" |
-    gpg --batch --yes --dearmor -o "${ROOT}${OPS_AGENT_KEYRING}" ||
-    fail "could not download the Ops Agent's apt key from ${OPS_AGENT_REPO} (a host without internet needs a prepared image that carries ${OPS_AGENT_PACKAGE}, or observability.enabled false)"
+  add_apt_key "the Ops Agent" "$OPS_AGENT_REPO" doc/apt-key.gpg "$OPS_AGENT_KEYRING" \
+    "a host without internet needs a prepared image that carries ${OPS_AGENT_PACKAGE}, or observability.enabled false"
   printf 'deb [signed-by=%s] %s google-cloud-ops-agent-%s-%s main\n' \
     "$OPS_AGENT_KEYRING" "$OPS_AGENT_REPO" "$codename" "$OPS_AGENT_MAJOR" \
     >"${APT_SOURCES}/google-cloud-ops-agent.list"
