@@ -369,6 +369,9 @@ class Fleet(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[group]),
         )
         self.autoscaler = (
+            # resource_compute_region_autoscaler.go: name (auto-named once) and region are
+            # ForceNew, target's diff compares self link and resource name
+            # (CompareSelfLinkOrResourceName), the policy updates in place.
             gcp.compute.RegionAutoscaler(
                 f"{name}-autoscaler",
                 region=args.region,

@@ -93,6 +93,8 @@ class LoadBalancer(pulumi.ComponentResource):
             port_name="https",
             timeout_sec=BACKEND_TIMEOUT_SECONDS,
             locality_lb_policy="LEAST_REQUEST",
+            # Optional, not ForceNew (resource_compute_region_backend_service.go, default 300):
+            # a change updates the backend service in place.
             connection_draining_timeout_sec=CONNECTION_DRAINING_SECONDS,
             health_checks=health_check.id,
             backends=[

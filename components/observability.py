@@ -221,6 +221,8 @@ class Observability(pulumi.ComponentResource):
                 # has made the policy.
                 disable_metric_validation=True,
             )
+            # resource_monitoring_alert_policy.go: only project is ForceNew; conditions,
+            # channels and documentation update in place.
             self.alert_policies.append(
                 gcp.monitoring.AlertPolicy(
                     f"{name}-{policy.key}",
@@ -266,6 +268,8 @@ class Observability(pulumi.ComponentResource):
             ), []
         # The stack's own metric, of its VM's access log only.
         metric_name = f"vllm_gcp_{args.stack_label.replace('-', '_')}_proxy_responses"
+        # resource_logging_metric.go: only project and the descriptor's label key and value type
+        # are ForceNew (fixed here); the filter, which names the VM, updates in place.
         log_metric = gcp.logging.Metric(
             f"{name}-proxy-responses",
             project=args.project,

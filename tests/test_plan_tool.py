@@ -26,6 +26,12 @@ from tests.harness import MOCK_SECRETS, ROOT
 from tools import cli
 
 MAX_MODEL_LEN = 16384
+# The summary's host line for the checked-in stacks' default image, observability on.
+DEFAULT_HOST_IMAGE = (
+    "  host image: projects/ubuntu-os-accelerator-images/global/images/family/"
+    "ubuntu-accelerator-2404-amd64-with-nvidia-580, not prepared: each host installs Docker, "
+    "the container toolkit, Nginx and the Ops Agent at its first boot"
+)
 INSTALLED = ROOT / "venv" / "bin" / "vllm-gcp"  # pyproject.toml's [project.scripts]
 MODULE = [sys.executable, "-m", "tools.cli"]
 
@@ -176,9 +182,7 @@ def test_the_summary_shows_what_prod_serves_its_cost_and_what_each_step_reruns_o
         "  tool-call parser: mistral",
         "  vLLM image: vllm/vllm-openai:v0.32.0",
         "  where: one VM in us-central1-a",
-        "  host image: projects/ubuntu-os-accelerator-images/global/images/family/"
-        "ubuntu-accelerator-2404-amd64-with-nvidia-580, not prepared: each host installs Docker, "
-        "the container toolkit, Nginx and the Ops Agent at its first boot",
+        DEFAULT_HOST_IMAGE,
         "",
         "Observability:",
         "  metrics: job vllm from 127.0.0.1:8000/metrics every 30s",
@@ -427,9 +431,7 @@ def test_encrypted_and_stood_in_secrets_are_redacted_and_set_values_marked(
         "  tool-call parser: hermes",
         "  vLLM image: vllm/vllm-openai:v0.32.0",
         "  where: one VM in us-central1-a",
-        "  host image: projects/ubuntu-os-accelerator-images/global/images/family/"
-        "ubuntu-accelerator-2404-amd64-with-nvidia-580, not prepared: each host installs Docker, "
-        "the container toolkit, Nginx and the Ops Agent at its first boot",
+        DEFAULT_HOST_IMAGE,
         "",
     ]
     assert "pulumi-python:dynamic:Resource" in lines  # the Kibana connector, planned
